@@ -1,0 +1,380 @@
+"""Configuration: TOML loaded into frozen dataclasses and validated at load.
+
+Every error names its key path (``tenant[1].slo.ttft_p99_ms``) and what is wrong; all errors
+of a file are collected, not just the first. Values are never silently corrected.
+Each field's metadata carries its unit/meaning (``doc``) and bounds (``min``/``max``), which
+also feed the generated configuration reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TENANT_NAME = re.compile(r"^[a-z0-9_-]{1,63}$")
+POLICIES = ("static", "guards", "placement", "mig", "full")
+
+
+class ConfigError(Exception):
+    """One or more configuration problems, each ``path: message``."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _f(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None) -> Any:
+    meta: dict[str, Any] = {"doc": doc}
+    if lo is not None:
+        meta["min"] = lo
+    if hi is not None:
+        meta["max"] = hi
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _required(doc: str, *, lo: float | None = None, hi: float | None = None) -> Any:
+    meta: dict[str, Any] = {"doc": doc, "required": True}
+    if lo is not None:
+        meta["min"] = lo
+    if hi is not None:
+        meta["max"] = hi
+    return field(metadata=meta)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    interval_s: float = _f(2.0, "tick period, seconds", lo=0.5, hi=10.0)
+    backend: Literal["real", "sim"] = _f("real", "host backend: the real host or the simulator")
+    dry_run: bool = _f(False, "decide and log, but write nothing")
+    state_dir: str = _f("/var/lib/gpuguardd", "journal of applied actions (must exist or be creatable)")
+    require_gpu: bool = _f(
+        True, "false: run the host-level levers (io.max) on a host without NVIDIA GPUs"
+    )
+    cgroup_root: str = _f("/sys/fs/cgroup", "cgroup filesystem root; v2 or v1 detected at run time")
+    fs_root: str = _f("/", "root of /sys and /proc (a fake tree in tests)")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = _f("127.0.0.1:9835", "host:port of the read-only Prometheus endpoint")
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    socket: str = _f(
+        "/run/gpuguardd/latency.sock", "unix datagram socket for per-request latency samples"
+    )
+    max_samples_per_tenant_per_tick: int = _f(
+        100_000, "samples kept per tenant per tick; the excess is counted and dropped", lo=1
+    )
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    name: Literal["static", "guards", "placement", "mig", "full"] = _f(
+        "full", "which levers the ladder may use"
+    )
+    window_s: float = _f(
+        10.0, "sliding window over which the tail quantiles are computed, seconds", lo=0.5
+    )
+    violation_windows: int = _f(3, "consecutive violating ticks before acting (Y)", lo=1, hi=100)
+    min_samples: int = _f(20, "fewer samples in the window mark it unknown", lo=1)
+    recovery_margin: float = _f(
+        0.2, "recovered when p99 < (1 - margin) x SLO for recovery_dwell_s", lo=0.0, hi=0.9
+    )
+    recovery_dwell_s: float = _f(60.0, "calm time before relaxing one level, seconds", lo=0.0)
+    level_dwell_s: float = _f(20.0, "minimum time on a level before moving again, seconds", lo=0.0)
+    eval_period_s: float = _f(
+        20.0, "time after an action before judging whether it helped, seconds", lo=0.0
+    )
+    cooldown_s: float = _f(60.0, "minimum time between two actions of one kind on one target", lo=0)
+    throttle_ttl_s: float = _f(120.0, "expiry of an io throttle unless renewed, seconds", lo=1.0)
+    throttle_step: float = _f(
+        0.5, "tightening factor per step: new cap = step x observed rate", lo=0.05, hi=0.95
+    )
+    throttle_floor_bps: int = _f(
+        10_000_000, "an io throttle never goes below this rate, bytes/s", lo=1
+    )
+    mig_reconfigs_per_hour: int = _f(4, "MIG reconfigurations per GPU per hour", lo=0, hi=60)
+    mps_pct: int = _f(50, "MPS active-thread percentage given to compute suspects", lo=1, hi=100)
+
+
+@dataclass(frozen=True)
+class SloConfig:
+    ttft_p99_ms: float | None = _f(None, "p99 time to first token, milliseconds", lo=0.001)
+    tpot_p99_ms: float | None = _f(None, "p99 time per output token, milliseconds", lo=0.001)
+
+
+@dataclass(frozen=True)
+class LatencySourceConfig:
+    source: Literal["push", "prometheus"] = _f("push", "where the tenant's latency comes from")
+    url: str | None = _f(None, "prometheus: the serving engine's /metrics URL")
+    flavor: Literal["vllm", "sglang"] = _f("vllm", "prometheus: metric names to read")
+    labels: dict[str, str] = _f({}, "prometheus: label values the series must match")
+    timeout_s: float = _f(1.0, "prometheus: scrape timeout, seconds", lo=0.05, hi=30.0)
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    restart: list[str] | None = _f(None, "argv to restart the tenant (no shell)")
+    stop: list[str] | None = _f(None, "argv to stop/drain the tenant (no shell)")
+    start: list[str] | None = _f(None, "argv to start the tenant (no shell)")
+    timeout_s: float = _f(60.0, "a hook still running after this is killed, seconds", lo=1.0)
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    name: str = _required("tenant name, [a-z0-9_-]{1,63}")
+    tenant_class: Literal["latency", "batch"] = _f(
+        "batch", "latency = protected; batch = may be throttled, moved"
+    )
+    cgroup: str | None = _f(None, "cgroup path relative to the cgroup root")
+    restartable: bool | None = _f(None, "may the daemon restart it (default: batch yes, latency no)")
+    gpu: str | None = _f(None, "GPU index, UUID or MIG UUID it runs on")
+    devices: list[str] = _f([], "block devices (MAJ:MIN) to throttle; default: all it uses")
+    slo: SloConfig = field(default_factory=SloConfig, metadata={"doc": "latency SLO"})
+    latency: LatencySourceConfig = field(
+        default_factory=LatencySourceConfig, metadata={"doc": "latency source"}
+    )
+    hooks: HooksConfig = field(default_factory=HooksConfig, metadata={"doc": "tenant hooks"})
+
+    @property
+    def may_restart(self) -> bool:
+        if self.restartable is not None:
+            return self.restartable
+        return self.tenant_class == "batch"
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig, metadata={"doc": "daemon"})
+    metrics: MetricsConfig = field(default_factory=MetricsConfig, metadata={"doc": "metrics"})
+    push: PushConfig = field(default_factory=PushConfig, metadata={"doc": "push socket"})
+    policy: PolicyConfig = field(default_factory=PolicyConfig, metadata={"doc": "ladder"})
+    tenants: tuple[TenantConfig, ...] = field(default=(), metadata={"doc": "tenants"})
+
+    def tenant(self, name: str) -> TenantConfig | None:
+        return next((t for t in self.tenants if t.name == name), None)
+
+
+# TOML key -> dataclass field name, where a Python keyword or clarity forces a different name.
+_RENAMES: dict[str, str] = {"class": "tenant_class", "tenant": "tenants"}
+_FIELD_TO_KEY: dict[str, str] = {v: k for k, v in _RENAMES.items()}
+
+
+def toml_key(field_name: str) -> str:
+    return _FIELD_TO_KEY.get(field_name, field_name)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if origin in (list, tuple):
+        return "array"
+    if origin is dict:
+        return "table"
+    if dataclasses.is_dataclass(tp):
+        return "table"
+    return {float: "number", int: "integer", bool: "boolean", str: "string"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(tp) if a is not type(None)]
+        for opt in options:
+            trial: list[str] = []
+            out = _convert(opt, value, path, trial)
+            if not trial:
+                return out
+        errors.append(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
+        return None
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        errors.append(f"{path}: must be one of {_type_name(tp)}, got {_describe(value)}")
+        return None
+    if origin in (list, tuple):
+        (item_tp, *_) = get_args(tp)
+        if not isinstance(value, list):
+            errors.append(f"{path}: expected an array, got {_describe(value)}")
+            return None
+        items = [_convert(item_tp, v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        _, val_tp = get_args(tp)
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a table, got {_describe(value)}")
+            return None
+        return {str(k): _convert(val_tp, v, f"{path}.{k}", errors) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected a table, got {_describe(value)}")
+            return None
+        return _build(tp, value, path, errors)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    errors.append(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
+    return None
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "table"}.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _build(cls: type[Any], data: Mapping[str, Any], path: str, errors: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {toml_key(f.name): f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    prefix = f"{path}." if path else ""
+    for key in data:
+        if key not in fields:
+            hint = _closest(key, list(fields))
+            errors.append(f"{prefix}{key}: unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))
+    for key, f in fields.items():
+        kpath = f"{prefix}{key}"
+        if key not in data:
+            if f.metadata.get("required"):
+                errors.append(f"{kpath}: required key is missing")
+            continue
+        before = len(errors)
+        value = _convert(hints[f.name], data[key], kpath, errors)
+        if len(errors) > before:
+            continue
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if lo is not None and value < lo:
+                errors.append(f"{kpath}: must be >= {lo}, got {value}")
+                continue
+            if hi is not None and value > hi:
+                errors.append(f"{kpath}: must be <= {hi}, got {value}")
+                continue
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError:  # a required key was missing: the error is already recorded
+        return None
+
+
+def _closest(key: str, options: list[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _check_semantics(cfg: Config, errors: list[str]) -> None:
+    seen: set[str] = set()
+    for i, t in enumerate(cfg.tenants):
+        p = f"tenant[{i}]"
+        if not TENANT_NAME.match(t.name):
+            errors.append(f"{p}.name: {t.name!r} must match [a-z0-9_-]{{1,63}}")
+        if t.name in seen:
+            errors.append(f"{p}.name: duplicate tenant name {t.name!r}")
+        seen.add(t.name)
+        if t.tenant_class == "latency" and t.slo.ttft_p99_ms is None and t.slo.tpot_p99_ms is None:
+            errors.append(f"{p}.slo: a latency tenant needs ttft_p99_ms or tpot_p99_ms")
+        if t.cgroup is not None:
+            c = t.cgroup
+            if c.startswith("/") or ".." in c.split("/") or "\0" in c or not c.strip("/"):
+                errors.append(f"{p}.cgroup: {c!r} must be a relative path without '..'")
+        if t.latency.source == "prometheus" and not t.latency.url:
+            errors.append(f"{p}.latency.url: required when source = 'prometheus'")
+        for name, argv in (("restart", t.hooks.restart), ("stop", t.hooks.stop),
+                           ("start", t.hooks.start)):
+            if argv is not None and (not argv or not argv[0]):
+                errors.append(f"{p}.hooks.{name}: must be a non-empty argv list")
+        for j, dev in enumerate(t.devices):
+            if not re.match(r"^\d+:\d+$", dev):
+                errors.append(f"{p}.devices[{j}]: {dev!r} is not MAJ:MIN")
+    host, _, port = cfg.metrics.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        errors.append(f"metrics.listen: {cfg.metrics.listen!r} is not host:port")
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    errors: list[str] = []
+    cfg = _build(Config, data, "", errors)
+    if cfg is not None and not errors:
+        _check_semantics(cfg, errors)
+    if errors:
+        raise ConfigError(errors)
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def loads(text: str) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"TOML syntax: {e}"]) from None
+    return from_dict(data)
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{p}: cannot read: {e}"]) from None
+    return loads(text)
+
+
+def reference() -> str:
+    """A Markdown configuration reference generated from the dataclasses."""
+    lines: list[str] = []
+
+    def walk(cls: type[Any], prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = toml_key(f.name)
+            tp = hints[f.name]
+            inner = get_args(tp)[0] if get_origin(tp) is tuple else tp
+            if dataclasses.is_dataclass(inner) and isinstance(inner, type):
+                table = f"[[{prefix}{key}]]" if get_origin(tp) is tuple else f"[{prefix}{key}]"
+                lines.append(f"\n### `{table}`\n")
+                walk(inner, f"{prefix}{key}.")
+                continue
+            default = "required" if f.metadata.get("required") else (
+                repr(f.default) if f.default is not dataclasses.MISSING else
+                repr(f.default_factory()) if f.default_factory is not dataclasses.MISSING else "")
+            bounds = ""
+            if "min" in f.metadata or "max" in f.metadata:
+                bounds = f" [{f.metadata.get('min', '')}, {f.metadata.get('max', '')}]"
+            lines.append(f"- `{key}` ({_type_name(tp)}{bounds}, default {default}): "
+                         f"{f.metadata.get('doc', '')}")
+
+    walk(Config, "")
+    return "\n".join(lines).lstrip() + "\n"

@@ -1,0 +1,1 @@
+"""Host backends: the protocol every backend implements and the real Linux/NVIDIA host."""
