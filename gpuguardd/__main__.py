@@ -1,0 +1,5 @@
+import sys
+
+from gpuguardd.cli import main
+
+sys.exit(main())

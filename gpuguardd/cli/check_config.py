@@ -1,0 +1,26 @@
+"""``gpuguardd check-config FILE``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from gpuguardd import config
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    p.add_argument("file")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    try:
+        cfg = config.load(args.file)
+    except config.ConfigError as e:
+        for err in e.errors:
+            print(f"{args.file}: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: ok ({len(cfg.tenants)} tenants, policy {cfg.policy.name})")
+    return 0
