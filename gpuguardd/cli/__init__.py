@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from gpuguardd import __version__
-from gpuguardd.cli import check_config
+from gpuguardd.cli import allocate, check_config, fit
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 # Order = order in --help.
-COMMANDS: tuple[ModuleType, ...] = (check_config,)
+COMMANDS: tuple[ModuleType, ...] = (check_config, allocate, fit)
 
 
 class _Parser(argparse.ArgumentParser):
