@@ -28,7 +28,8 @@ def register(sub: Any) -> None:
                    help="also run the exact MILP oracle (default: only up to 50 tenants)")
     g.add_argument("--no-oracle", dest="oracle", action="store_false")
     p.add_argument("--predictors", metavar="FILE",
-                   help="predictors from `gpuguardd fit` (default: fitted on the synthetic profile)")
+                   help="predictors from `gpuguardd fit` "
+                        "(default: fitted on the synthetic profile)")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON ('-' = stdout)")
     p.set_defaults(handler=handle)
 

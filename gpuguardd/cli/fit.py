@@ -57,7 +57,8 @@ def handle(args: argparse.Namespace) -> int:
         q = pred.quality
         if q:
             print(f"{model:<32} {gpu:<16} {len(group_rows):>5} {q['ttft'].r2:>8.3f} "
-                  f"{100 * q['ttft'].mape:>5.1f}% {q['tpot'].r2:>8.3f} {100 * q['tpot'].mape:>5.1f}%")
+                  f"{100 * q['ttft'].mape:>5.1f}% {q['tpot'].r2:>8.3f} "
+                  f"{100 * q['tpot'].mape:>5.1f}%")
         else:
             print(f"{model:<32} {gpu:<16} {len(group_rows):>5} (no held-out rows)")
     try:

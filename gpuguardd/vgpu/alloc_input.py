@@ -71,7 +71,8 @@ def _semantics(inp: AllocInput, errors: list[str]) -> None:
         errors.append("gpu: at least one [[gpu]] table is required")
     for i, g in enumerate(inp.gpu):
         if g.model not in GPUS:
-            errors.append(f"gpu[{i}].model: unknown GPU {g.model!r}; known: {', '.join(sorted(GPUS))}")
+            errors.append(f"gpu[{i}].model: unknown GPU {g.model!r}; "
+                          f"known: {', '.join(sorted(GPUS))}")
     if not inp.tenants:
         errors.append("tenant: at least one [[tenant]] table is required")
     seen: set[str] = set()

@@ -6,10 +6,10 @@ Service. A tenant runs a continuous-batching engine with ``b`` sequence slots, b
 ``batches`` (≤ its ``max_batch``). At share f and co-runner activity A (λ = ``demand_rps``):
 
     a new request is prefilled on its own:   TTFT1 = TTFT(b=1, f, A)
-    prefills steal decode time:              φ = λ · TTFT1,  TPOT_eff = TPOT(b, f, A) / (1 − φ)
-    one request holds a slot for             R = TTFT1 + (O − 1) · TPOT_eff
-    capacity                                 λ · R ≤ ρ_max · b  and  φ ≤ ρ_max   (ρ_max = 0.85)
-    slots are an M/M/b queue:                W99 = ln(100 · C) / (b/R − λ) if C > 1 %, else 0
+    prefills steal decode time:              φ = λ · TTFT1,  TPOT_eff = TPOT(b, f, A) / (1 - φ)
+    one request holds a slot for             R = TTFT1 + (O - 1) · TPOT_eff
+    capacity                               λ · R ≤ rho_max · b  and  φ ≤ rho_max   (rho_max 0.85)
+    slots are an M/M/b queue:                W99 = ln(100 · C) / (b/R - λ) if C > 1 %, else 0
                                              C = Erlang-C probability that all b slots are busy
     TTFT p99 = TTFT1 · ttft_tail + TPOT(b) + W99    (+ one running decode step)  ≤ τ_ttft
     TPOT p99 = TPOT_eff · tpot_tail                                               ≤ τ_tpot
@@ -21,7 +21,7 @@ smallest such b (the engine's ``max_num_seqs``).
 Interference. Each tenant has an activity footprint a ∈ [0, 1] computed from its demand and the
 roofline of its architecture (:func:`footprint`): the fraction of the GPU's time its prefills keep
 the SMs computing plus the fraction its decode steps stream HBM. Time slicing does not change the
-work, so a does not depend on the share. A tenant on GPU g sees co-runner activity ``A_g − a_i``
+work, so a does not depend on the share. A tenant on GPU g sees co-runner activity ``A_g - a_i``
 (the sum of its co-runners' footprints) for SM activity and, as a conservative bound, also for
 DRAM activity (a tenant's DRAM term is part of its SM term, so DRAM activity ≤ SM activity). The
 activity is rounded UP to a grid of ``grid_step`` (0.05) before predicting; footprints are counted
@@ -43,7 +43,7 @@ per distinct share — any lower level with the same share is dominated). y[i,g]
     s.t. Σ_g y[i,g] = 1                          every tenant placed once
          Σ_i,k S_i(k)·x[i,g,k] ≤ 100             share capacity per GPU
          Σ_i mem_i·y[i,g] ≤ mem_g                 memory per GPU
-         Σ_{j≠i} a_j·y[j,g] ≤ Σ_k L_k·x[i,g,k] + M·(1 − y[i,g])   co-runner level chosen ≥ actual
+         Σ_{j≠i} a_j·y[j,g] ≤ Σ_k L_k·x[i,g,k] + M·(1 - y[i,g])   co-runner level chosen ≥ actual
          identical GPUs: tenant i only on GPU ≤ i (relabelling symmetry removed)
 
 With S_i non-decreasing in k the optimiser picks the lowest admissible level, i.e. the same
@@ -162,7 +162,7 @@ class Problem:
 
 
 def _levels(params: AllocParams) -> FloatArray:
-    n = int(round(params.grid_max / params.grid_step)) + 1
+    n = round(params.grid_max / params.grid_step) + 1
     return np.arange(n, dtype=np.float64) * params.grid_step
 
 
@@ -181,7 +181,7 @@ def _erlang_c(servers: int, load: FloatArray) -> FloatArray:
 def _evaluate(
     t: TenantSpec, pred: Predictor, params: AllocParams, share: FloatArray, level: FloatArray
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64], FloatArray, FloatArray, FloatArray]:
-    """Vectorised over broadcast ``share`` (fraction) × ``level`` (co-runner activity).
+    """Vectorised over broadcast ``share`` (fraction) x ``level`` (co-runner activity).
 
     Returns (feasible, batch index, ttft p99, tpot p99, capacity rps) with the batch chosen as
     the smallest feasible one (or the largest allowed one where none is).
@@ -248,7 +248,7 @@ def build_profile(t: TenantSpec, gpu: GpuSpec, pred: Predictor, params: AllocPar
     mem_min = memory.min_share_pct(mem, gpu.memory_bytes)
     levels = _levels(params)
     shares = np.arange(1, 101, dtype=np.float64) / 100.0
-    ok, bi, ttft, tpot, cap = _evaluate(t, pred, params, shares[None, :], levels[:, None])
+    ok, *_ = _evaluate(t, pred, params, shares[None, :], levels[:, None])
     ok[:, : max(mem_min - 1, 0)] = False  # Δ = 1 % steps start at the memory-feasible minimum
     first = np.where(ok.any(axis=1), ok.argmax(axis=1) + 1, INFEASIBLE)
     # Enforce monotonicity in the level (more interference never needs less share); the
@@ -259,7 +259,7 @@ def build_profile(t: TenantSpec, gpu: GpuSpec, pred: Predictor, params: AllocPar
     # the concurrency there sets how well its decode steps amortise the weight reads.
     alone = point(t, pred, params, int(min(first[0], 100)), 0.0)
     f0 = min(first[0], 100) / 100.0
-    ttft1 = float(pred.ttft_ms(1, f0, 0.0, t.prompt_tokens))
+    ttft1 = float(np.asarray(pred.ttft_ms(1, f0, 0.0, t.prompt_tokens)))
     tpot = float(pred.tpot_ms(alone.batch, f0, 0.0, t.prompt_tokens, t.output_tokens))
     conc = t.demand_rps / 1000.0 * (ttft1 + max(t.output_tokens - 1, 0) * tpot)
     busy = footprint(t, gpu, min(alone.batch, max(1, math.ceil(conc))))
@@ -282,7 +282,7 @@ def footprint(t: TenantSpec, gpu: GpuSpec, batch: int) -> float:
     """Co-runner activity this tenant exerts, from the roofline of its own demand:
 
         u = λ · prefill_flops(P) / (peak · 0.7)                     prefill SM time
-          + λ · (O − 1) / n · decode_bytes(P + O/2, n) / hbm         decode steps streaming HBM
+          + λ · (O - 1) / n · decode_bytes(P + O/2, n) / hbm         decode steps streaming HBM
         n = min(batch, max(1, λ · R))  sequences per decode step
 
     The decode term is also its DRAM activity, so DRAM activity ≤ SM activity (see module doc).
@@ -311,7 +311,7 @@ def _why(t: TenantSpec, base: Point, params: AllocParams) -> str:
 
 
 def _level_of(units: int, params: AllocParams) -> int:
-    step = int(round(params.grid_step * UNITS))
+    step = round(params.grid_step * UNITS)
     return -(-units // step)  # ceil
 
 
@@ -341,7 +341,8 @@ def _share_at(prof: Profile, units: int, params: AllocParams) -> int:
 
 
 def _finish(
-    problem: Problem, method: str, placed: Mapping[str, int], profiles: Mapping[tuple[str, str], Profile],
+    problem: Problem, method: str, placed: Mapping[str, int],
+    profiles: Mapping[tuple[str, str], Profile],
     reasons: Mapping[str, str], *, shares: Mapping[str, int] | None = None, optimal: bool = True,
     detail: str = "",
 ) -> Plan:
@@ -355,7 +356,8 @@ def _finish(
     for t in problem.tenants:
         if t.name not in placed:
             mem = next((p.memory_bytes for (n, _), p in profiles.items() if n == t.name), 0)
-            out[t.name] = Assignment(t.name, None, None, mem, False, reasons.get(t.name, "unplaced"))
+            out[t.name] = Assignment(t.name, None, None, mem, False,
+                                     reasons.get(t.name, "unplaced"))
             continue
         g = placed[t.name]
         gpu = problem.gpus[g]
@@ -521,9 +523,8 @@ def oracle(problem: Problem) -> Plan:
             reasons[t.name] = profiles[(t.name, problem.gpus[0].name)].reason
             continue
         tenants.append(t)
-    n_g = len(problem.gpus)
     identical = len({g for g in problem.gpus}) == 1
-    step_units = int(round(params.grid_step * UNITS))
+    step_units = round(params.grid_step * UNITS)
     # variables: x[i,g,k] for kept levels, then nothing else (y is a sum of x)
     cols: list[tuple[int, int, int, int]] = []  # (tenant idx, gpu, level, share)
     for i, t in enumerate(tenants):
@@ -577,16 +578,17 @@ def oracle(problem: Problem) -> Plan:
         add([(j, float(profiles[(tenants[cols[j][0]].name, spec.name)].memory_bytes) / 2**20)
              for j in js], -np.inf, spec.memory_bytes / 2**20)
         big_m = float(sum(profiles[(t.name, spec.name)].activity_units for t in tenants))
-        for i, t in enumerate(tenants):
+        for i in range(len(tenants)):
             own = by_tg.get((i, g))
             if not own:
                 continue
-            # Σ_{j≠i} a_j y[j,g] − Σ_k L_k x[i,g,k] + M y[i,g] ≤ M
+            # Σ_{j≠i} a_j y[j,g] - Σ_k L_k x[i,g,k] + M y[i,g] ≤ M
             entries: list[tuple[int, float]] = []
             for j in js:
                 ti = cols[j][0]
                 if ti != i:
-                    entries.append((j, float(profiles[(tenants[ti].name, spec.name)].activity_units)))
+                    a_j = profiles[(tenants[ti].name, spec.name)].activity_units
+                    entries.append((j, float(a_j)))
             for j in own:
                 entries.append((j, -float(cols[j][2] * step_units) + big_m))
             add(entries, -np.inf, big_m)

@@ -41,4 +41,5 @@ def gpu_spec(name: str) -> GpuSpec:
     try:
         return GPUS[name]
     except KeyError:
-        raise UnknownGpuError(f"unknown GPU model {name!r}; known: {', '.join(sorted(GPUS))}") from None
+        raise UnknownGpuError(
+            f"unknown GPU model {name!r}; known: {', '.join(sorted(GPUS))}") from None

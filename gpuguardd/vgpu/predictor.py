@@ -140,7 +140,8 @@ class Predictor:
                 quality=quality,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise PredictorError(f"{where}: malformed predictor ({type(e).__name__}: {e})") from None
+            raise PredictorError(
+                f"{where}: malformed predictor ({type(e).__name__}: {e})") from None
         if not all(np.isfinite(v) and v >= 0 for v in (*ttft, *tpot)):
             raise PredictorError(f"{where}: parameters must be finite and >= 0")
         if pred.ttft_tail < 1 or pred.tpot_tail < 1 or pred.pcie_bps <= 0:
@@ -242,7 +243,7 @@ def split_rows(
     if not 0.0 <= held_out < 1.0:
         raise PredictorError("held_out must be in [0, 1)")
     order = np.random.default_rng(seed).permutation(len(rows))
-    n_test = int(round(held_out * len(rows)))
+    n_test = round(held_out * len(rows))
     test = [rows[i] for i in sorted(order[:n_test])]
     train = [rows[i] for i in sorted(order[n_test:])]
     return train, test
@@ -264,7 +265,8 @@ def fit(
         raise PredictorError(f"fit one (model, gpu) at a time, got {sorted(keys)}")
     train, test = split_rows(rows, held_out, seed)
     if len(train) < MIN_ROWS:
-        raise PredictorError(f"{sorted(keys)[0]}: need >= {MIN_ROWS} training rows, got {len(train)}")
+        raise PredictorError(
+            f"{sorted(keys)[0]}: need >= {MIN_ROWS} training rows, got {len(train)}")
     c = _columns(train)
     x = c.b * c.p / 1000.0
     pcie = c.b * 4.0 * c.p / pcie_bps * 1000.0

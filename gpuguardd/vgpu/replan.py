@@ -4,7 +4,7 @@ Control law per tenant i, placement fixed (the daemon never migrates here):
 
     required_i = S_i(level(co-runner activity now), demand now)       (allocator model)
     raise  when required_i > current_i                                 (SLO at risk: fast)
-    lower  when current_i − required_i ≥ lower_band_pct
+    lower  when current_i - required_i ≥ lower_band_pct
            and the tenant's demand and co-runner activity changed by more than the band
            (|Δdemand| / demand_at_last_plan > demand_band or |Δactivity| > activity_band)
     target = max(required_i, memory-feasible minimum)                 (never below it)

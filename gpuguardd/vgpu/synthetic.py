@@ -11,11 +11,11 @@ Physics (times in seconds unless noted; f = share fraction under HAMi time slici
 
     prefill   F      = b · prefill_flops(P)                       (LlmArch)
               eff(n) = E · n / (n + 96),  n = b·P                  (small GEMMs are inefficient)
-              t_pre  = F / (peak · eff) / f + (1 − f) · τ/2        (time slices, quantum τ = 4 ms)
+              t_pre  = F / (peak · eff) / f + (1 - f) · τ/2        (time slices, quantum τ = 4 ms)
                        · (1 + 0.3·u^1.4) + 0.4 ms · colocated + 3 ms + b·P·4 B / pcie
     decode    bytes  = weights + b · (P + O/2) · kv_bytes_per_token
               t_mem  = bytes / hbm;  t_cmp = 2 · params · b / (peak · 0.35)
-              t_step = (t_mem⁴ + t_cmp⁴)^(1/4) / f · (1 + 0.4·d^1.3) + 2.3 ms + (1 − f) · 1 ms
+              t_step = (t_mem⁴ + t_cmp⁴)^(1/4) / f · (1 + 0.4·d^1.3) + 2.3 ms + (1 - f) · 1 ms
 
 E = 0.70 and the 2.3 ms host time per decode step are calibrated so that Llama-2-7B on a full
 A100-80GB (312 TFLOP/s dense BF16, 1.8 TB/s effective HBM) gives ≈ 40 ms for a 512-token
@@ -53,7 +53,7 @@ def prefill_s(
     sliced = compute / share + (1.0 - share) * SLICE_QUANTUM_S / 2.0
     contention = 1.0 + 0.3 * sm_others**1.4
     pcie = n * 4.0 / gpu.pcie_bps
-    return sliced * contention + 0.0004 * colocated + PREFILL_HOST_S + pcie
+    return float(sliced * contention + 0.0004 * colocated + PREFILL_HOST_S + pcie)
 
 
 def decode_step_s(
@@ -64,7 +64,8 @@ def decode_step_s(
     t_mem = arch.decode_bytes(int(ctx), batch) / gpu.hbm_bps
     t_cmp = 2.0 * arch.params * batch / (gpu.peak_flops * DECODE_COMPUTE_EFFICIENCY)
     gpu_s = (t_mem**4 + t_cmp**4) ** 0.25
-    return gpu_s / share * (1.0 + 0.4 * dram_others**1.3) + DECODE_HOST_S + (1 - share) * 0.001
+    return float(gpu_s / share * (1.0 + 0.4 * dram_others**1.3) + DECODE_HOST_S
+                 + (1 - share) * 0.001)
 
 
 @dataclass(frozen=True, slots=True)
