@@ -8,7 +8,7 @@ Service. A tenant runs a continuous-batching engine with ``b`` sequence slots, b
     a new request is prefilled on its own:   TTFT1 = TTFT(b=1, f, A)
     prefills steal decode time:              φ = λ · TTFT1,  TPOT_eff = TPOT(b, f, A) / (1 - φ)
     one request holds a slot for             R = TTFT1 + (O - 1) · TPOT_eff
-    capacity                               λ · R ≤ rho_max · b  and  φ ≤ rho_max   (rho_max 0.85)
+    capacity                                 λ · R ≤ rho_max · b  and  φ ≤ rho_max  (0.85)
     slots are an M/M/b queue:                W99 = ln(100 · C) / (b/R - λ) if C > 1 %, else 0
                                              C = Erlang-C probability that all b slots are busy
     TTFT p99 = TTFT1 · ttft_tail + TPOT(b) + W99    (+ one running decode step)  ≤ τ_ttft
