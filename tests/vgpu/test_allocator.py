@@ -118,7 +118,8 @@ def _brute_force(pb: allocator.Problem) -> int | None:
     return best
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(MODELS), st.floats(0.2, 4.0)), min_size=2,
                 max_size=5))
 def test_oracle_is_exact_and_greedy_never_beats_it(a100_predictors: dict, specs: list) -> None:
