@@ -138,6 +138,8 @@ def result_dict(
                                         if not a.feasible),
         "oracle_total_share_pct": oracle.total_share_pct if oracle else None,
         "oracle_optimal": oracle.optimal if oracle else None,
+        "oracle_lower_bound_pct": (round(oracle.lower_bound_pct, 2) if oracle
+                                   and oracle.lower_bound_pct is not None else None),
         "gap_to_oracle": None,
         "feasible": plan.feasible,
         "predictors": source,
@@ -174,8 +176,9 @@ def _table(res: dict[str, Any]) -> str:
                      f"{', '.join(res['static_slo_violations'])}")
     if res["oracle_total_share_pct"] is not None:
         gap = res["gap_to_oracle"]
-        lines.append(f"oracle {res['oracle_total_share_pct']} % "
-                     f"({'optimal' if res['oracle_optimal'] else 'not proven optimal'})"
+        proof = ("optimal" if res["oracle_optimal"] else
+                 f"not proven optimal, lower bound {res['oracle_lower_bound_pct']} %")
+        lines.append(f"oracle {res['oracle_total_share_pct']} % ({proof})"
                      + (f", greedy gap {100 * gap:.1f} %" if gap is not None else ""))
     lines.append(f"feasible: {str(res['feasible']).lower()}; plan {res['plan_seconds']} s, "
                  f"wall {res['wall_seconds']} s")
