@@ -61,6 +61,7 @@ import bisect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -99,7 +100,7 @@ class AllocParams:
     rho_max: float = 0.85
     batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     grid_step: float = 0.05
-    grid_max: float = 1.5
+    grid_max: float = 1.0  # co-runners busier than one whole GPU leave no time to slice
     candidates: int = 16
     oracle_time_limit_s: float = 25.0
 
@@ -201,49 +202,91 @@ class Grid:
     capacity_rps: FloatArray
 
 
+@dataclass(frozen=True, slots=True)
+class _Load:
+    """Tenant parameters as arrays along a tenant axis (shape (T, 1, 1)) or scalars."""
+
+    lam: FloatArray  # demand, requests per ms
+    prompt: FloatArray
+    output: FloatArray
+    input_bytes: FloatArray
+    ttft_slo: FloatArray  # inf when the tenant has none
+    tpot_slo: FloatArray
+    max_batch: FloatArray
+
+    @staticmethod
+    def of(ts: Sequence[TenantSpec], ndim: int) -> _Load:
+        shape = (len(ts),) + (1,) * (ndim - 1)
+
+        def col(vals: list[float]) -> FloatArray:
+            return np.array(vals, dtype=np.float64).reshape(shape)
+
+        inf = float("inf")
+        return _Load(
+            lam=col([t.demand_rps / 1000.0 for t in ts]),
+            prompt=col([t.prompt_tokens for t in ts]),
+            output=col([t.output_tokens for t in ts]),
+            input_bytes=col([t.input_bytes_per_request for t in ts]),
+            ttft_slo=col([inf if t.ttft_slo_ms is None else t.ttft_slo_ms for t in ts]),
+            tpot_slo=col([inf if t.tpot_slo_ms is None else t.tpot_slo_ms for t in ts]),
+            max_batch=col([t.max_batch for t in ts]),
+        )
+
+
 def _evaluate(
-    t: TenantSpec, pred: Predictor, params: AllocParams, share: FloatArray, level: FloatArray
+    load: _Load, pred: Predictor, params: AllocParams, share: FloatArray, level: FloatArray
 ) -> Grid:
-    """Vectorised over broadcast ``share`` (fraction) x ``level`` (co-runner activity) and all
-    batch sizes at once (a leading axis); each point takes the smallest feasible batch, or the
-    largest allowed one where none is feasible."""
-    batches = np.array(_batches(t, params), dtype=np.int64)
-    bx = batches.reshape((-1,) + (1,) * np.broadcast(share, level).ndim)
-    lam = t.demand_rps / 1000.0  # per ms
-    o1 = max(t.output_tokens - 1, 0)
-    ttft1 = pred.ttft_ms(1, share, level, t.prompt_tokens, t.input_bytes_per_request)
+    """Vectorised over the broadcast of the tenant axis of ``load``, ``share`` (fraction) and
+    ``level`` (co-runner activity), and over all batch sizes at once (a leading axis). Each
+    point takes the smallest feasible batch, or the largest allowed one where none is."""
+    shape = np.broadcast(share, level, load.lam).shape
+    batches = np.array(params.batches, dtype=np.int64)
+    bx = batches.reshape((-1,) + (1,) * len(shape))
+    allowed = (bx <= np.maximum(load.max_batch, batches.min())) & np.ones(shape, dtype=bool)
+    lam = load.lam
+    o1 = np.maximum(load.output - 1.0, 0.0)
+    ttft1 = pred.ttft_ms(1, share, level, load.prompt, load.input_bytes)
     phi = lam * ttft1  # fraction of time spent in prefills
-    tpot = pred.tpot_ms(bx, share, level, t.prompt_tokens, t.output_tokens)
+    tpot = pred.tpot_ms(bx.astype(np.float64), share, level, load.prompt, load.output)
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot_eff = np.where(phi < 1.0, tpot / (1.0 - phi), np.inf)
         resid = ttft1 + o1 * tpot_eff
         slots_rate = bx / resid  # requests per ms the slots complete
-    tpot99 = tpot_eff * pred.tpot_tail
-    ttft99 = ttft1 * pred.ttft_tail + tpot  # before queueing
-    cap = np.minimum(slots_rate, np.where(ttft1 > 0, 1.0 / np.maximum(ttft1, 1e-12), np.inf))
-    ok = (lam <= params.rho_max * slots_rate) & (phi <= params.rho_max)
-    if t.ttft_slo_ms is not None:
-        ok &= ttft99 <= t.ttft_slo_ms
-    if t.tpot_slo_ms is not None:
-        ok &= tpot99 <= t.tpot_slo_ms
-    # The queueing wait (Erlang C: the expensive part) only where nothing else already fails;
-    # elsewhere the reported TTFT p99 is the one before queueing (the point is infeasible anyway).
-    ok = np.broadcast_to(ok, np.broadcast(ok, ttft99).shape).copy()
-    ttft99 = np.broadcast_to(ttft99, ok.shape).copy()
-    if ok.any():
-        r_ok = np.broadcast_to(resid, ok.shape)[ok]
-        rate_ok = np.broadcast_to(slots_rate, ok.shape)[ok]
-        pw = _erlang_c(np.broadcast_to(bx, ok.shape)[ok], lam * r_ok)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            w99 = np.where(pw > 0.01, np.log(np.maximum(pw, 1e-300) * 100.0) / (rate_ok - lam),
-                           0.0)
-        ttft99[ok] += w99
-        if t.ttft_slo_ms is not None:
-            ok[ok] = ttft99[ok] <= t.ttft_slo_ms
+    tpot99 = np.broadcast_to(tpot_eff * pred.tpot_tail, allowed.shape)
+    ttft99 = np.broadcast_to(ttft1 * pred.ttft_tail + tpot, allowed.shape).copy()
+    cap = np.broadcast_to(
+        np.minimum(slots_rate, np.where(ttft1 > 0, 1.0 / np.maximum(ttft1, 1e-12), np.inf)),
+        allowed.shape)
+    ok = (allowed & (lam <= params.rho_max * slots_rate) & (phi <= params.rho_max)
+          & (ttft99 <= load.ttft_slo) & (tpot99 <= load.tpot_slo))
+    # The queueing wait (Erlang C: the expensive part) is added in ascending batch order, only
+    # at points where nothing else fails and no smaller batch is already feasible: exactly
+    # where it can change the answer. Elsewhere the reported TTFT p99 is the one before
+    # queueing (such a batch is infeasible or not chosen anyway).
+    settled = np.zeros(shape, dtype=bool)
+    resid_b = np.broadcast_to(resid, ok.shape)
+    rate_b = np.broadcast_to(slots_rate, ok.shape)
+    for i in range(len(batches)):
+        m = ok[i] & ~settled
+        if m.any():
+            r_m = resid_b[i][m]
+            rate_m = rate_b[i][m]
+            lam_m = np.broadcast_to(lam, shape)[m]
+            pw = _erlang_c(np.full(r_m.shape, batches[i]), lam_m * r_m)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                w99 = np.where(pw > 0.01,
+                               np.log(np.maximum(pw, 1e-300) * 100.0) / (rate_m - lam_m), 0.0)
+            row = ttft99[i]
+            row[m] += w99
+            good = np.zeros(shape, dtype=bool)
+            good[m] = row[m] <= np.broadcast_to(load.ttft_slo, shape)[m]
+            ok[i] = good
+        else:
+            ok[i] = False
+        settled |= ok[i]
     any_ok = ok.any(axis=0)
-    idx = np.where(any_ok, ok.argmax(axis=0), len(batches) - 1)[None, ...]
-    tpot99 = np.broadcast_to(tpot99, ok.shape)
-    cap = np.broadcast_to(cap, ok.shape)
+    last = allowed.sum(axis=0) - 1
+    idx = np.where(any_ok, ok.argmax(axis=0), last)[None, ...]
     return Grid(
         ok=any_ok,
         batch=batches[idx[0]],
@@ -253,78 +296,91 @@ def _evaluate(
     )
 
 
-def _batches(t: TenantSpec, params: AllocParams) -> list[int]:
-    return [b for b in params.batches if b <= t.max_batch] or [1]
-
-
 def point(
     t: TenantSpec, pred: Predictor, params: AllocParams, share_pct: int, activity: float
 ) -> Point:
     """The predicted operating point at one share and co-runner activity (already on the grid)."""
-    g = _evaluate(t, pred, params, np.array(share_pct / 100.0), np.array(activity))
-    return Point(bool(g.ok), int(g.batch), float(g.ttft_p99_ms), float(g.tpot_p99_ms),
-                 float(g.capacity_rps))
+    g = _evaluate(_Load.of([t], 1), pred, params, np.array([share_pct / 100.0]),
+                  np.array([activity]))
+    return Point(bool(g.ok[0]), int(g.batch[0]), float(g.ttft_p99_ms[0]),
+                 float(g.tpot_p99_ms[0]), float(g.capacity_rps[0]))
 
 
 COARSE_PCT = 5
 
 
 def build_profile(t: TenantSpec, gpu: GpuSpec, pred: Predictor, params: AllocParams) -> Profile:
-    """S(level) for every co-runner level: the first share, in Δ = 1 % steps from the
-    memory-feasible minimum, that is feasible. Feasibility is monotone in the share (every
-    predicted latency falls and the capacity grows with it), so the search first steps in 5 %
-    and then walks the last 5 % bracket in 1 % steps: the same answer as stepping 1 % from the
-    start, at a quarter of the work."""
-    mem = memory.estimate(
-        t.arch, prompt_tokens=t.prompt_tokens, output_tokens=t.output_tokens,
-        max_batch=t.max_batch,
-    ).total_bytes
-    mem_min = memory.min_share_pct(mem, gpu.memory_bytes)
-    levels = _levels(params)
-    coarse = np.arange(COARSE_PCT, 101, COARSE_PCT, dtype=np.int64)
-    ok_c = _evaluate(t, pred, params, coarse[None, :] / 100.0, levels[:, None]).ok
-    ok_c &= coarse[None, :] >= mem_min
-    has = ok_c.any(axis=1)
-    top = np.where(has, coarse[ok_c.argmax(axis=1)], 100)  # first feasible coarse share
-    lo = np.maximum(np.minimum(mem_min, 100), top - COARSE_PCT + 1)
-    fine = np.minimum(lo[:, None] + np.arange(COARSE_PCT)[None, :], 100)
-    g = _evaluate(t, pred, params, fine / 100.0, levels[:, None])
-    ok_f = g.ok & has[:, None]
-    j = ok_f.argmax(axis=1)
-    rows = np.arange(len(levels))
-    first = np.where(ok_f.any(axis=1), fine[rows, j], INFEASIBLE)
+    return build_profiles([t], gpu, pred, params)[0]
+
+
+def build_profiles(
+    ts: Sequence[TenantSpec], gpu: GpuSpec, pred: Predictor, params: AllocParams
+) -> list[Profile]:
+    """S(level) for every co-runner level and every tenant (all sharing ``pred``): the first
+    share, in Δ = 1 % steps from the memory-feasible minimum, that is feasible. Feasibility is
+    monotone in the share (every predicted latency falls and the capacity grows with it), so
+    the search first steps in 5 % and then walks the last 5 % bracket in 1 % steps: the same
+    answer as stepping 1 % from the start, at a quarter of the work; tenants are evaluated
+    together along a leading axis."""
+    if not ts:
+        return []
+    mems = [memory.estimate(t.arch, prompt_tokens=t.prompt_tokens,
+                            output_tokens=t.output_tokens, max_batch=t.max_batch).total_bytes
+            for t in ts]
+    mem_min = np.array([memory.min_share_pct(m, gpu.memory_bytes) for m in mems])[:, None, None]
+    levels = _levels(params)[None, :, None]
+    load = _Load.of(ts, 3)
+    coarse = np.arange(COARSE_PCT, 101, COARSE_PCT, dtype=np.int64)[None, None, :]
+    ok_c = _evaluate(load, pred, params, coarse / 100.0, levels).ok & (coarse >= mem_min)
+    has: npt.NDArray[np.bool_] = np.asarray(ok_c.any(axis=2))  # (T, L)
+    top = np.where(has, coarse[0, 0][ok_c.argmax(axis=2)], 100)
+    lo = np.maximum(np.minimum(mem_min[:, :, 0], 100), top - COARSE_PCT + 1)
+    fine = np.minimum(lo[:, :, None] + np.arange(COARSE_PCT)[None, None, :], 100)  # (T, L, 5)
+    g = _evaluate(load, pred, params, fine / 100.0, levels)
+    ok_f = g.ok & has[:, :, None]
+    j = ok_f.argmax(axis=2)
+    first = np.where(ok_f.any(axis=2), np.take_along_axis(fine, j[:, :, None], 2)[:, :, 0],
+                     INFEASIBLE)
     # More interference never needs less share (the predictor is monotone; this only guards
-    # the discreteness of the batch choice), so carry the maximum forward.
-    mono = np.maximum.accumulate(first)
-    at = np.where(mono == first, j, 0)
-    points = Grid(ok=ok_f[rows, at] & (mono == first), batch=g.batch[rows, at],
-                  ttft_p99_ms=g.ttft_p99_ms[rows, at], tpot_p99_ms=g.tpot_p99_ms[rows, at],
-                  capacity_rps=g.capacity_rps[rows, at])
-    s0 = int(min(mono[0], 100))
-    alone = (Point(True, int(points.batch[0]), 0.0, 0.0, 0.0) if bool(points.ok[0])
-             else point(t, pred, params, s0, 0.0))
-    # The footprint is taken at the tenant's own operating point alone on the GPU (share S(0)):
-    # the concurrency there sets how well its decode steps amortise the weight reads.
-    f0 = s0 / 100.0
-    ttft1 = float(np.asarray(pred.ttft_ms(1, f0, 0.0, t.prompt_tokens)))
-    tpot = float(np.asarray(pred.tpot_ms(alone.batch, f0, 0.0, t.prompt_tokens,
-                                         t.output_tokens)))
-    conc = t.demand_rps / 1000.0 * (ttft1 + max(t.output_tokens - 1, 0) * tpot)
-    busy = footprint(t, gpu, min(alone.batch, max(1, math.ceil(conc))))
-    reason = ""
-    if mem_min > 100:
-        reason = (f"does not fit in memory: needs {mem / 2**30:.1f} GiB, "
-                  f"{gpu.name} has {gpu.memory_bytes / 2**30:.0f} GiB")
-    elif mono[0] >= INFEASIBLE:
-        reason = _why(t, point(t, pred, params, 100, 0.0), params)
-    return Profile(
-        shares=tuple(int(s) for s in mono),
-        activity_units=math.ceil(busy * UNITS),
-        memory_bytes=mem,
-        min_share_pct=min(mem_min, 100),
-        reason=reason,
-        points=points,
-    )
+    # the discreteness of the batch choice), so carry the maximum forward along the levels.
+    mono = np.maximum.accumulate(first, axis=1)
+    at = np.where(mono == first, j, 0)[:, :, None]
+
+    def pick(a: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        return np.take_along_axis(a, at, 2)[:, :, 0]
+
+    ok_at = pick(ok_f) & (mono == first)
+    batch_at, ttft_at, tpot_at, cap_at = (pick(g.batch), pick(g.ttft_p99_ms),
+                                          pick(g.tpot_p99_ms), pick(g.capacity_rps))
+    out: list[Profile] = []
+    for i, t in enumerate(ts):
+        points = Grid(ok=ok_at[i], batch=batch_at[i], ttft_p99_ms=ttft_at[i],
+                      tpot_p99_ms=tpot_at[i], capacity_rps=cap_at[i])
+        s0 = int(min(mono[i, 0], 100))
+        b0 = int(points.batch[0]) if bool(points.ok[0]) else point(t, pred, params, s0, 0.0).batch
+        # The footprint is taken at the tenant's own operating point alone on the GPU (share
+        # S(0)): the concurrency there sets how well its decode steps amortise weight reads.
+        f0 = s0 / 100.0
+        ttft1 = float(np.asarray(pred.ttft_ms(1, f0, 0.0, t.prompt_tokens)))
+        tpot = float(np.asarray(pred.tpot_ms(b0, f0, 0.0, t.prompt_tokens, t.output_tokens)))
+        conc = t.demand_rps / 1000.0 * (ttft1 + max(t.output_tokens - 1, 0) * tpot)
+        busy = footprint(t, gpu, min(b0, max(1, math.ceil(conc))))
+        mm = int(mem_min[i, 0, 0])
+        reason = ""
+        if mm > 100:
+            reason = (f"does not fit in memory: needs {mems[i] / 2**30:.1f} GiB, "
+                      f"{gpu.name} has {gpu.memory_bytes / 2**30:.0f} GiB")
+        elif mono[i, 0] >= INFEASIBLE:
+            reason = _why(t, point(t, pred, params, 100, 0.0), params)
+        out.append(Profile(
+            shares=tuple(int(v) for v in mono[i]),
+            activity_units=math.ceil(busy * UNITS),
+            memory_bytes=mems[i],
+            min_share_pct=min(mm, 100),
+            reason=reason,
+            points=points,
+        ))
+    return out
 
 
 def _point_at(
@@ -375,22 +431,27 @@ def _level_of(units: int, params: AllocParams) -> int:
 
 
 def _profiles(problem: Problem) -> tuple[dict[tuple[str, str], Profile], list[str]]:
-    """Profiles per (tenant, GPU model); errors for tenants without a predictor."""
-    cache: dict[tuple[object, ...], Profile] = {}
+    """Profiles per (tenant, GPU model), built together per predictor; identical tenants share
+    one. Errors for tenants without a predictor."""
     out: dict[tuple[str, str], Profile] = {}
     missing: list[str] = []
+    todo: dict[tuple[str, str], dict[tuple[object, ...], list[TenantSpec]]] = {}
+    gpus = {g.name: g for g in problem.gpus}
     for t in problem.tenants:
-        for gpu in {g.name: g for g in problem.gpus}.values():
-            pred = problem.predictors.get((t.model, gpu.name))
-            if pred is None:
+        for gpu in gpus.values():
+            if (t.model, gpu.name) not in problem.predictors:
                 missing.append(f"{t.name}: no predictor for ({t.model}, {gpu.name})")
                 continue
-            key = (t.model, t.arch, gpu.name, t.demand_rps, t.prompt_tokens, t.output_tokens,
-                   t.ttft_slo_ms, t.tpot_slo_ms, t.max_batch, t.input_bytes_per_request)
-            prof = cache.get(key)
-            if prof is None:
-                prof = cache[key] = build_profile(t, gpu, pred, problem.params)
-            out[(t.name, gpu.name)] = prof
+            key = (t.arch, t.demand_rps, t.prompt_tokens, t.output_tokens, t.ttft_slo_ms,
+                   t.tpot_slo_ms, t.max_batch, t.input_bytes_per_request)
+            todo.setdefault((t.model, gpu.name), {}).setdefault(key, []).append(t)
+    for (model, gname), kinds in todo.items():
+        reps = [same[0] for same in kinds.values()]
+        built = build_profiles(reps, gpus[gname], problem.predictors[(model, gname)],
+                               problem.params)
+        for same, prof in zip(kinds.values(), built, strict=True):
+            for t in same:
+                out[(t.name, gname)] = prof
     return out, missing
 
 
