@@ -171,9 +171,11 @@ def _table(res: dict[str, Any]) -> str:
                  + (f"; static {res['static_total_share_pct']} % "
                     f"(saving {100 * res['saving_vs_static']:.1f} %)"
                     if res["saving_vs_static"] is not None else ""))
-    if res["static_slo_violations"]:
-        lines.append(f"static plan misses predicted SLOs for: "
-                     f"{', '.join(res['static_slo_violations'])}")
+    bad = res["static_slo_violations"]
+    if bad:
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        lines.append(f"static plan misses predicted SLOs (or does not fit) for {len(bad)}: "
+                     f"{', '.join(bad[:10])}{more}")
     if res["oracle_total_share_pct"] is not None:
         gap = res["gap_to_oracle"]
         proof = ("optimal" if res["oracle_optimal"] else
@@ -192,15 +194,16 @@ def handle(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(args.tenants, e.errors)
     t1 = time.perf_counter()
-    plan = allocator.greedy(problem)
+    built = allocator.profiles_of(problem)
+    plan = allocator.greedy(problem, built)
     t2 = time.perf_counter()
-    static = allocator.static(problem)
+    static = allocator.static(problem, built)
     run_oracle = args.oracle if args.oracle is not None else (
         len(problem.tenants) <= ORACLE_MAX_TENANTS)
     oracle = None
     t3 = time.perf_counter()
     if run_oracle:
-        oracle = allocator.oracle(problem)
+        oracle = allocator.oracle(problem, built)
     t4 = time.perf_counter()
     res = result_dict(problem, plan, static, oracle,
                       {"plan": t2 - t1, "oracle": t4 - t3, "wall": t4 - t0}, source)

@@ -430,7 +430,15 @@ def _level_of(units: int, params: AllocParams) -> int:
     return -(-units // step)  # ceil
 
 
-def _profiles(problem: Problem) -> tuple[dict[tuple[str, str], Profile], list[str]]:
+Profiles = tuple[dict[tuple[str, str], Profile], list[str]]
+
+
+def profiles_of(problem: Problem) -> Profiles:
+    """Build once, pass to :func:`greedy`, :func:`static` and :func:`oracle`."""
+    return _profiles(problem)
+
+
+def _profiles(problem: Problem) -> Profiles:
     """Profiles per (tenant, GPU model), built together per predictor; identical tenants share
     one. Errors for tenants without a predictor."""
     out: dict[tuple[str, str], Profile] = {}
@@ -518,10 +526,10 @@ def _violation(t: TenantSpec, pt: Point, share: int, prof: Profile) -> str:
 # -- greedy -------------------------------------------------------------------------------------
 
 
-def greedy(problem: Problem) -> Plan:
+def greedy(problem: Problem, built: Profiles | None = None) -> Plan:
     """Paper A's order (descending demand); if that strands a tenant, retry in descending order
     of the tenant's own minimal share (first-fit-decreasing style) and keep the better plan."""
-    profiles, missing = _profiles(problem)
+    profiles, missing = built if built is not None else _profiles(problem)
     by_demand = sorted(problem.tenants, key=lambda t: (-t.demand_rps, t.name))
     plan = _greedy_pass(problem, profiles, missing, by_demand)
     if plan.feasible:
@@ -618,10 +626,10 @@ def _greedy_pass(
 # -- static baseline ----------------------------------------------------------------------------
 
 
-def static(problem: Problem) -> Plan:
+def static(problem: Problem, built: Profiles | None = None) -> Plan:
     """The operator's fixed shares, placed first-fit decreasing (share and memory capacity);
     the SLO check then uses the same predictors and co-runner levels as the planners."""
-    profiles, missing = _profiles(problem)
+    profiles, missing = built if built is not None else _profiles(problem)
     reasons = {m.split(":", 1)[0]: m.split(": ", 1)[1] for m in missing}
     free = [100] * len(problem.gpus)
     mem_free = [g.memory_bytes for g in problem.gpus]
@@ -650,9 +658,28 @@ def static(problem: Problem) -> Plan:
 # -- exact oracle -------------------------------------------------------------------------------
 
 
-def oracle(problem: Problem) -> Plan:
+def _knapsack_bound(acts: Sequence[int], need: Sequence[int], skip: int) -> float:
+    """Largest co-runner activity a GPU can hold besides tenant ``skip``: every co-runner j
+    needs at least its share S_j(0), and shares sum to <= 100 %, so the fractional knapsack
+    (value a_j, weight S_j(0), capacity 100) bounds it. The big-M of the interference rows:
+    the tighter it is, the stronger the LP relaxation."""
+    items = sorted(((a / max(w, 1), a, w) for j, (a, w) in enumerate(zip(acts, need,
+                                                                         strict=True))
+                    if j != skip and w <= 100), reverse=True)
+    room, total = 100.0, 0.0
+    for _, a, w in items:
+        if room <= 0:
+            break
+        take = min(1.0, room / w)
+        total += take * a
+        room -= take * w
+    return total
+
+
+
+def oracle(problem: Problem, built: Profiles | None = None) -> Plan:
     params = problem.params
-    profiles, missing = _profiles(problem)
+    profiles, missing = built if built is not None else _profiles(problem)
     reasons = {m.split(":", 1)[0]: m.split(": ", 1)[1] for m in missing}
     tenants = []
     for t in problem.tenants:
@@ -716,11 +743,13 @@ def oracle(problem: Problem) -> Plan:
         add([(j, float(cols[j][3])) for j in js], -np.inf, 100.0)
         add([(j, float(profiles[(tenants[cols[j][0]].name, spec.name)].memory_bytes) / 2**20)
              for j in js], -np.inf, spec.memory_bytes / 2**20)
-        big_m = float(sum(profiles[(t.name, spec.name)].activity_units for t in tenants))
+        acts = [profiles[(t.name, spec.name)].activity_units for t in tenants]
+        need = [profiles[(t.name, spec.name)].shares[0] for t in tenants]
         for i in range(len(tenants)):
             own = by_tg.get((i, g))
             if not own:
                 continue
+            big_m = _knapsack_bound(acts, need, skip=i)
             # Σ_{j≠i} a_j y[j,g] - Σ_k L_k x[i,g,k] + M y[i,g] ≤ M
             entries: list[tuple[int, float]] = []
             for j in js:
