@@ -111,9 +111,9 @@ class GpuguardCollector(Collector):
     @staticmethod
     def _tenant_families(report: TickReport) -> Iterator[Metric]:
         statuses: Mapping[str, Any] = getattr(report.state, "tenants", {})
-        lat = GaugeMetricFamily("gpuguard_tenant_latency_seconds",
-                                "windowed latency quantiles per tenant",
-                                labels=["tenant", "kind", "quantile"])
+        # A summary (quantiles only) so that the `quantile` label is legitimate exposition.
+        lat = Metric("gpuguard_tenant_latency_seconds",
+                     "windowed latency quantiles per tenant (window_s sliding window)", "summary")
         level = GaugeMetricFamily("gpuguard_tenant_level",
                                   "escalation level (0 none, 1 io.max, 2 MPS, 3 placement, 4 MIG)",
                                   labels=["tenant"])
@@ -128,7 +128,9 @@ class GpuguardCollector(Collector):
                 if q is None:
                     continue
                 for label, attr in QUANTILES:
-                    lat.add_metric([name, kind, label], float(getattr(q, attr)))
+                    lat.add_sample("gpuguard_tenant_latency_seconds",
+                                   {"tenant": name, "kind": kind, "quantile": label},
+                                   float(getattr(q, attr)))
             level.add_metric([name], float(st.level))
             viol.add_metric([name], float(st.violation_windows_total))
             known.add_metric([name], 1.0 if st.window_ok else 0.0)

@@ -112,7 +112,7 @@ class Executor:
 
     # -- error handling ---------------------------------------------------------------------
     def _guarded(self, action: Action, now: float, fn: Callable[[], Outcome]) -> Outcome:
-        lever = f"{action.kind}:{getattr(action, 'tenant', '')}"
+        lever = action.key
         if lever in self._unavailable:
             return Outcome(action, Result.UNAVAILABLE, self._unavailable[lever])
         b = self._backoff.get(lever)
