@@ -350,9 +350,20 @@ def loads(text: str) -> Config:
     return from_dict(data)
 
 
-def load(path: str | Path) -> Config:
+def load(path: str | Path, *, trusted_only: bool = False) -> Config:
+    """Load and validate ``path``. ``trusted_only`` (the daemon, running as root) refuses a
+    file that anyone but its owner may write: such a file could point the daemon's writes at
+    another cgroup or make it run another hook."""
     p = Path(path)
     try:
+        if trusted_only:
+            mode = p.stat().st_mode
+            if mode & 0o022:
+                raise ConfigError([f"{p}: is group- or world-writable (mode {mode & 0o777:o}); "
+                                   "chmod go-w it first"])
+            if p.resolve().parent.stat().st_mode & 0o002:
+                raise ConfigError([f"{p}: its directory is world-writable; anyone could replace "
+                                   "the file"])
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{p}: no such file"]) from None

@@ -109,3 +109,21 @@ def test_loader_never_raises_anything_but_config_error(data):
         config.from_dict(data)
     except config.ConfigError as e:
         assert e.errors and all(isinstance(m, str) and ":" in m for m in e.errors)
+
+
+def test_daemon_refuses_a_writable_config(tmp_path):
+    f = tmp_path / "g.toml"
+    f.write_text("")
+    f.chmod(0o644)
+    config.load(f, trusted_only=True)
+    f.chmod(0o666)
+    with pytest.raises(config.ConfigError, match="world-writable"):
+        config.load(f, trusted_only=True)
+    f.chmod(0o644)
+    tmp_path.chmod(0o777)
+    try:
+        with pytest.raises(config.ConfigError, match="directory is world-writable"):
+            config.load(f, trusted_only=True)
+    finally:
+        tmp_path.chmod(0o700)
+    config.load(f)  # check-config only reads

@@ -53,7 +53,7 @@ class Daemon:
             self.reloads["skipped"] += 1
             return
         try:
-            new = configmod.load(self.config_path)
+            new = configmod.load(self.config_path, trusted_only=True)
         except configmod.ConfigError as e:
             self.reloads["failed"] += 1
             log.error("config_reload_failed", path=self.config_path, errors=e.errors,

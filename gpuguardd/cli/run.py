@@ -40,7 +40,7 @@ def handle(args: argparse.Namespace) -> int:
         cfg, path_used = config.Config(), None
     else:
         try:
-            cfg, path_used = config.load(path), path
+            cfg, path_used = config.load(path, trusted_only=True), path
         except config.ConfigError as e:
             for err in e.errors:
                 print(f"{path}: {err}", file=sys.stderr)
