@@ -46,6 +46,8 @@ from gpuguardd.model.actions import (
 )
 from gpuguardd.model.snapshot import Snapshot, TenantClass
 from gpuguardd.policy.diagnosis import Diagnosis, diagnose, fmt_bps
+from gpuguardd.policy.mig import growths
+from gpuguardd.policy.placement import plan_move
 from gpuguardd.policy.signals import TickRates, counters_of, rates_of, trim
 from gpuguardd.policy.state import (
     LEVEL_IO,
@@ -87,6 +89,8 @@ DEVICE_SHARE = 0.1
 SUSPECT_BAND = 0.5
 #: a trial that cannot be judged (window unknown) for this many eval periods is kept as is
 TRIAL_PATIENCE = 3
+#: the longest a victim's calm dwell grows after de-escalations that had to be reverted
+RELAX_BACKOFF_MAX = 8.0
 #: a disruptive action not seen completed after this long no longer blocks its GPUs, seconds
 PENDING_TIMEOUT_S = 300.0
 #: MPS limits live this many throttle TTLs between renewals (lifting one costs a restart)
@@ -213,10 +217,15 @@ class _Tick:
 
     def _settle_pending(self) -> None:
         for tenant, p in list(self.pending.items()):
-            t = self.snap.tenants.get(tenant)
-            done = t is not None and t.running and str(t.placement) == p.done_when
-            if done or self.now - p.issued_at > PENDING_TIMEOUT_S:
+            if _pending_done(p, self.snap) or self.now - p.issued_at > PENDING_TIMEOUT_S:
                 del self.pending[tenant]
+
+    def busy_gpus(self) -> frozenset[int]:
+        """GPUs where a disruptive action may not start: reconfiguring, or ours in flight."""
+        gpus = set(self.snap.busy_gpus)
+        for p in self.pending.values():
+            gpus |= p.gpus
+        return frozenset(gpus)
 
     def _retire(self, name: str) -> None:
         """A protected tenant that left: release what was done on its behalf."""
@@ -250,7 +259,7 @@ class _Tick:
                                  f"{self.pc.level_dwell_s:.0f} s")
         elif (
             calm_since is not None
-            and self.now - calm_since >= self.pc.recovery_dwell_s
+            and self.now - calm_since >= self.pc.recovery_dwell_s * v.relax_backoff
             and self.level_of(name) > 0
             and dwell_ok
         ):
@@ -274,6 +283,13 @@ class _Tick:
     def _judge(self, name: str, v: Victim, r: TailReading) -> Victim:
         trial = v.trial
         assert trial is not None
+        if trial.kind == "relax":
+            return self._judge_relax(name, v, trial)
+        moving = {lv.target for k in trial.keys for lv in (self.levers.get(k),)
+                  if lv is not None and lv.level >= LEVEL_PLACE}
+        if moving & set(self.pending):
+            # a move or resize is judged from when it completed, not from when it was asked
+            return replace(v, trial=replace(trial, started_at=self.now))
         if self.now < trial.started_at + self.pc.eval_period_s:
             return v
         if r.verdict is Verdict.UNKNOWN or r.p99_s is None:
@@ -289,25 +305,52 @@ class _Tick:
             return replace(self.victims[name], trial=None)
         why = (f"{name}: {trial.label} did not help ({trial.metric} p99 "
                f"{ms(trial.baseline_p99_s)} -> {ms(r.p99_s)}, needed <= {ms(target)}); ")
-        if trial.tighten:
-            for old in trial.undo:
-                cur = self.levers.get(old.key)
-                if cur is not None:
-                    restored = replace(old, owners=cur.owners, expires_at=self.now
-                                       + self.pc.throttle_ttl_s, changed_at=self.now)
-                    act = _io_action(restored, self.now + self.pc.throttle_ttl_s)
-                    restored = replace(restored, action=act)
-                    self.levers[old.key] = restored
-                    self.emit(act, why + f"revert to {_caps(restored)}")
-        else:
-            for key in trial.keys:
-                lv = self.levers.get(key)
-                if lv is not None:
-                    self._undo(lv, why + "revert")
+        self._restore(trial, why)
         failed = dict(self.victims[name].failed)
         failed[trial.label] = self.now
         self._note(name, why + "reverted")
         return replace(self.victims[name], trial=None, failed=failed)
+
+    def _judge_relax(self, name: str, v: Victim, trial: Trial) -> Victim:
+        """A de-escalation step is reverted as soon as the violation is back (Y windows)."""
+        if v.streak >= self.pc.violation_windows:
+            backoff = min(v.relax_backoff * 2.0, RELAX_BACKOFF_MAX)
+            why = (f"{name}: tail back after {trial.label} ({v.streak} violating windows); "
+                   f"restored, next de-escalation after "
+                   f"{self.pc.recovery_dwell_s * backoff:.0f} s calm; ")
+            self._restore(trial, why)
+            self._note(name, why.rstrip("; "))
+            return replace(self.victims[name], trial=None, relax_backoff=backoff)
+        if self.now < trial.started_at + self.pc.eval_period_s:
+            return v
+        backoff = 1.0 if self.level_of(name) == 0 else v.relax_backoff
+        return replace(v, trial=None, relax_backoff=backoff)
+
+    def _restore(self, trial: Trial, why: str) -> None:
+        """Put the trial's keys back as they were before it."""
+        before = {lv.key: lv for lv in trial.undo}
+        for key in trial.keys:
+            cur = self.levers.get(key)
+            old = before.get(key)
+            if old is None:
+                if cur is not None:
+                    structural = isinstance(cur.action, Migrate | MigResize)
+                    self._undo(cur, why + ("kept in place (undoing a move costs another "
+                                           "disruption)" if structural else "revert"))
+                continue
+            owners = old.owners | (cur.owners if cur is not None else frozenset())
+            lv = replace(old, owners=owners, changed_at=self.now)
+            a = old.action
+            if isinstance(a, IoThrottle):
+                expires = self.now + self.pc.throttle_ttl_s
+                lv = replace(lv, expires_at=expires)
+                lv = replace(lv, action=_io_action(lv, expires))
+                self.emit(lv.action, why + f"io.max {lv.target} {lv.device} back to {_caps(lv)}")
+            elif isinstance(a, MpsLimit):
+                expires = self.now + _ttl(a, self.pc)
+                lv = replace(lv, expires_at=expires, action=replace(a, expires_at=expires))
+                self.emit(lv.action, why + f"MPS {a.tenant} back to {a.pct}%")
+            self.levers[key] = lv
 
     def _undo(self, lv: Lever, reason: str) -> None:
         """Remove a lever; live and restart-class levers are restored on the host."""
@@ -364,7 +407,9 @@ class _Tick:
             return self._plan_io(victim, diag, v)
         if level == LEVEL_MPS:
             return self._plan_mps(victim, diag, v)
-        return f"{LEVEL_NAMES[level]} not available in this version"
+        if level == LEVEL_PLACE:
+            return self._plan_place(victim, diag, v)
+        return self._plan_mig(victim, v)
 
     def _start(
         self,
@@ -379,6 +424,15 @@ class _Tick:
         for action, lever, detail in steps:
             self.emit(action, f"{head}; {detail}")
             keys.append(action.key)
+            if isinstance(action, Migrate):
+                self.pending[action.tenant] = Pending(
+                    action.tenant, frozenset({action.source.gpu, action.to.gpu}), self.now,
+                    to=action.to)
+            elif isinstance(action, MigResize):
+                self.pending[action.tenant] = Pending(
+                    action.tenant, frozenset({action.gpu}), self.now,
+                    profile=action.to_profile, start=action.start)
+                self.mig_log.append((action.gpu, self.now))
             if lever is not None:
                 prev = self.levers.get(lever.key)
                 if prev is not None:
@@ -477,7 +531,7 @@ class _Tick:
         trial = self.victims[name].trial
         assert trial is not None
         self.victims[name] = replace(
-            self.victims[name], trial=replace(trial, tighten=True, undo=tuple(old))
+            self.victims[name], trial=replace(trial, kind="tighten", undo=tuple(old))
         )
         return True
 
@@ -513,41 +567,106 @@ class _Tick:
                 return label, [(action, lever, detail)]
         return "MPS: " + ("; ".join(why) if why else "no compute suspect on the victim's GPU")
 
+    # -- level 3: placement ----------------------------------------------------------------
+    def _plan_place(
+        self, victim: str, diag: Diagnosis, v: Victim
+    ) -> tuple[str, list[tuple[Action, Lever | None, str]]] | str:
+        taken = {str(p.to) for p in self.pending.values() if p.to is not None}
+        mv = plan_move(
+            victim, diag, self.snap, self.history[-self.pc.violation_windows :],
+            protected=self.protected,
+            may_restart=lambda n: may_restart(n, self.snap, self.cfg),
+            blocked_gpus=self.busy_gpus(),
+            taken=taken,
+            failed=lambda label: label in v.failed,
+        )
+        if isinstance(mv, str):
+            return mv
+        key = f"place:{mv.tenant}"
+        if not self.usable(key):
+            return f"placement: {mv.tenant} moved less than {self.pc.cooldown_s:.0f} s ago"
+        action = Migrate(mv.tenant, mv.source, mv.to, reason=mv.why)
+        lever = Lever(key=key, level=LEVEL_PLACE, target=mv.tenant, owners=frozenset({victim}),
+                      since=self.now, changed_at=self.now, action=action)
+        return f"place {mv.tenant}", [(action, lever, mv.why)]
+
+    # -- level 4: MIG resize ---------------------------------------------------------------
+    def _plan_mig(self, victim: str, v: Victim) -> tuple[str, list[
+            tuple[Action, Lever | None, str]]] | str:
+        t = self.snap.tenants.get(victim)
+        if t is None or t.placement is None or t.placement.gi_id is None:
+            return "MIG resize: the victim is not on a MIG instance"
+        gpu = self.snap.topology.gpu(t.placement.gpu)
+        inst = next((i for i in gpu.instances if i.gi_id == t.placement.gi_id), None)
+        if inst is None:
+            return f"MIG resize: instance {t.placement} not in the topology"
+        label = f"MIG resize {victim}"
+        if not may_restart(victim, self.snap, self.cfg):
+            return f"MIG resize: {victim} is not restartable"
+        if label in v.failed:
+            return f"MIG resize: growing {victim} failed its trial recently"
+        if gpu.index in self.busy_gpus():
+            return f"MIG resize: GPU {gpu.index} is busy"
+        used = sum(1 for g, _ in self.mig_log if g == gpu.index)
+        if used >= self.pc.mig_reconfigs_per_hour:
+            return (f"MIG resize: GPU {gpu.index} used its {self.pc.mig_reconfigs_per_hour} "
+                    "reconfigurations this hour")
+        key = f"mig:{gpu.index}:{inst.gi_id}"
+        if not self.usable(key):
+            return f"MIG resize: {key} cooling down"
+        options = growths(gpu, inst)
+        if not options:
+            return (f"MIG resize: no free slices next to {inst.profile} at {inst.start} on "
+                    f"GPU {gpu.index} for a larger profile")
+        g = options[0]
+        detail = (f"MIG resize {victim} GPU {gpu.index} gi {inst.gi_id} {inst.profile} -> "
+                  f"{g.to.name} at slice {g.start} ({used + 1}/"
+                  f"{self.pc.mig_reconfigs_per_hour} this hour)")
+        action = MigResize(gpu.index, inst.gi_id, victim, inst.profile, g.to.name, g.start,
+                           reason=detail)
+        lever = Lever(key=key, level=LEVEL_MIG, target=victim, owners=frozenset({victim}),
+                      since=self.now, changed_at=self.now, action=action)
+        return label, [(action, lever, detail)]
+
     # -- de-escalation ---------------------------------------------------------------------
     def _relax(self, name: str, reading: TailReading) -> None:
+        """One step down: relax this victim's throttles one step (releasing those that reach
+        the suspect's demand), else retire its highest lever. The step is itself on trial."""
         levers = self.owned(name)
         top_level = max(lv.level for lv in levers)
-        head = f"{self._head(name, reading)}, calm for {self.pc.recovery_dwell_s:.0f} s"
+        v = self.victims[name]
+        calm = self.now - (v.calm_since if v.calm_since is not None else self.now)
+        head = f"{self._head(name, reading)}, calm for {calm:.0f} s"
         top = [lv for lv in levers if lv.level == top_level]
-        if top_level == LEVEL_IO:
-            relaxed = False
-            for lv in top:
-                if self.now - lv.changed_at < self.pc.cooldown_s:
-                    continue
+        touched: list[Lever] = []
+        for lv in top:
+            if lv.level == LEVEL_IO and self.now - lv.changed_at < self.pc.cooldown_s:
+                continue
+            touched.append(lv)
+            if len(lv.owners) > 1:
+                self.levers[lv.key] = replace(lv, owners=lv.owners - {name})
+                continue
+            if lv.level == LEVEL_IO:
                 new_r = _raise(lv.cap_r_bps, lv.demand_r_bps, self.pc.throttle_relax_step)
                 new_w = _raise(lv.cap_w_bps, lv.demand_w_bps, self.pc.throttle_relax_step)
-                relaxed = True
-                if new_r is None and new_w is None:
-                    self._drop_owner(lv, name, f"{head}; ")
+                if new_r is not None or new_w is not None:
+                    expires = self.now + self.pc.throttle_ttl_s
+                    nl = replace(lv, cap_r_bps=new_r, cap_w_bps=new_w, changed_at=self.now,
+                                 expires_at=expires)
+                    nl = replace(nl, action=_io_action(nl, expires))
+                    self.levers[lv.key] = nl
+                    self.emit(nl.action, f"{head}; relax io.max {lv.target} {lv.device} "
+                                         f"{_caps(lv)} -> {_caps(nl)}")
                     continue
-                if len(lv.owners) > 1:
-                    self.levers[lv.key] = replace(lv, owners=lv.owners - {name})
-                    continue
-                expires = self.now + self.pc.throttle_ttl_s
-                nl = replace(lv, cap_r_bps=new_r, cap_w_bps=new_w, changed_at=self.now,
-                             expires_at=expires)
-                nl = replace(nl, action=_io_action(nl, expires))
-                self.levers[lv.key] = nl
-                self.emit(nl.action, f"{head}; relax io.max {lv.target} {lv.device} "
-                                     f"{_caps(lv)} -> {_caps(nl)}")
-            if relaxed:
-                self.victims[name] = replace(self.victims[name], calm_since=self.now)
-                self._note(name, f"{head}; relaxed one step")
+            self._undo(lv, f"{head}; release {LEVEL_NAMES[lv.level]} on {lv.target}")
+        if not touched:
             return
-        for lv in top:
-            self._drop_owner(lv, name, f"{head}; ")
-        self.victims[name] = replace(self.victims[name], calm_since=self.now)
-        self._note(name, f"{head}; de-escalated from {LEVEL_NAMES[top_level]}")
+        assert reading.p99_s is not None
+        label = f"relax {LEVEL_NAMES[top_level]}"
+        trial = Trial(label, tuple(lv.key for lv in touched), top_level, self.now, self.now,
+                      reading.p99_s, reading.metric, kind="relax", undo=tuple(touched))
+        self.victims[name] = replace(self.victims[name], calm_since=self.now, trial=trial)
+        self._note(name, f"{head}; {label} one step")
 
     # -- renewals --------------------------------------------------------------------------
     def _renew(self) -> None:
@@ -618,6 +737,20 @@ class _Tick:
             level_changes=changes,
         )
         return state, Decision(tuple(self.actions), tuple(self.reasons))
+
+
+def _pending_done(p: Pending, snap: Snapshot) -> bool:
+    t = snap.tenants.get(p.tenant)
+    if t is None or not t.running or t.placement is None:
+        return False
+    if p.to is not None:
+        return t.placement == p.to
+    try:
+        gpu = snap.topology.gpu(t.placement.gpu)
+    except KeyError:
+        return False
+    return any(i.gi_id == t.placement.gi_id and i.profile == p.profile and i.start == p.start
+               for i in gpu.instances)
 
 
 def _target_reason(name: str, levers: Mapping[str, Lever]) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from gpuguardd.config import Config
 from gpuguardd.model.actions import Action
+from gpuguardd.model.snapshot import Placement
 from gpuguardd.policy.signals import Counters, TickRates
 from gpuguardd.policy.window import Quantiles, TailWindow
 
@@ -67,8 +68,10 @@ class Trial:
     started_at: float
     baseline_p99_s: float
     metric: str
-    tighten: bool = False
-    #: lever states before a tighten (restored if it did not help)
+    #: "apply" a new lever, "tighten" a throttle, "relax" one step down (de-escalation)
+    kind: str = "apply"
+    #: the states of ``keys`` before the step (keys absent here did not exist): restored when
+    #: the step did not help (apply, tighten) or the tail came back (relax)
     undo: tuple[Lever, ...] = ()
 
 
@@ -84,16 +87,24 @@ class Victim:
     trial: Trial | None = None
     failed: Mapping[str, float] = field(default_factory=dict)
     last_reason: str = ""
+    #: multiplies recovery_dwell_s; doubled each time a de-escalation had to be reverted
+    relax_backoff: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A disruptive action in progress (one per GPU at a time)."""
+    """A disruptive action in progress (one per GPU at a time).
+
+    Done when the tenant runs again at ``to`` (a move) or on ``gpu`` in an instance of
+    ``profile`` starting at ``start`` (a MIG resize).
+    """
 
     tenant: str
     gpus: frozenset[int]
     issued_at: float
-    done_when: str  # placement string the tenant must reach
+    to: Placement | None = None
+    profile: str | None = None
+    start: int | None = None
 
 
 @dataclass(frozen=True)
