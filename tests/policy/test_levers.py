@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpuguardd.config import Config, PolicyConfig, SloConfig, TenantConfig
-from gpuguardd.model.actions import IoThrottle, MigResize, Migrate, MpsLimit
+from gpuguardd.model.actions import IoThrottle, Migrate, MigResize, MpsLimit
 from gpuguardd.model.snapshot import Placement, TenantClass
 
 from .fakes import p4d
