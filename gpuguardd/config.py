@@ -131,6 +131,13 @@ class PolicyConfig:
         lo=0.05,
         hi=4.0,
     )
+    stopgap_s: float = _f(
+        60.0,
+        "an io throttle that has held a restartable suspect below its demand this long is "
+        "replaced by moving the suspect off the shared link when a placement allows, to give "
+        "it its bandwidth back (0 = never), seconds",
+        lo=0.0,
+    )
     lever_memory_s: float = _f(
         900.0, "a lever whose trial failed is not retried for the same victim for this long, s",
         lo=0.0,

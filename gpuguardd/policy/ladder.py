@@ -29,7 +29,7 @@ so the loop tightens geometrically (fast) and relaxes by a bounded step after su
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from gpuguardd.config import Config, PolicyConfig, TenantConfig
@@ -45,7 +45,7 @@ from gpuguardd.model.actions import (
     Result,
 )
 from gpuguardd.model.snapshot import Snapshot, TenantClass
-from gpuguardd.policy.diagnosis import Diagnosis, diagnose, fmt_bps
+from gpuguardd.policy.diagnosis import Diagnosis, Suspect, diagnose, fmt_bps
 from gpuguardd.policy.mig import growths
 from gpuguardd.policy.placement import plan_move
 from gpuguardd.policy.signals import TickRates, counters_of, rates_of, trim
@@ -89,6 +89,8 @@ DEVICE_SHARE = 0.1
 SUSPECT_BAND = 0.5
 #: a trial that cannot be judged (window unknown) for this many eval periods is kept as is
 TRIAL_PATIENCE = 3
+#: a throttle binds when the suspect runs at this fraction of its cap or more
+BINDING = 0.7
 #: the longest a victim's calm dwell grows after de-escalations that had to be reverted
 RELAX_BACKOFF_MAX = 8.0
 #: a disruptive action not seen completed after this long no longer blocks its GPUs, seconds
@@ -257,6 +259,8 @@ class _Tick:
             else:
                 self._note(name, f"{self._head(name, reading)}; holding: level dwell "
                                  f"{self.pc.level_dwell_s:.0f} s")
+        elif dwell_ok and reading.verdict is not Verdict.UNKNOWN and self._cure(name, reading):
+            pass
         elif (
             calm_since is not None
             and self.now - calm_since >= self.pc.recovery_dwell_s * v.relax_backoff
@@ -264,6 +268,53 @@ class _Tick:
             and dwell_ok
         ):
             self._relax(name, reading)
+
+    def _cure(self, name: str, reading: TailReading) -> bool:
+        """Replace a binding throttle by a move of the throttled suspect (see ``stopgap_s``).
+
+        The throttle keeps the victim safe but costs the suspect its throughput for as long as
+        the two share the link; a move off the link ends the conflict for both. Only the
+        suspect moves here (the victim is within its SLO and keeps running).
+        """
+        if self.pc.stopgap_s <= 0 or LEVEL_PLACE not in self.allowed:
+            return False
+        v = self.victims[name]
+        for lv in self.owned(name):
+            if (lv.level != LEVEL_IO or lv.cause != "pcie"
+                    or self.now - lv.since < self.pc.stopgap_s
+                    or f"place {lv.target}" in v.failed
+                    or not may_restart(lv.target, self.snap, self.cfg)):
+                continue
+            t = self.snap.tenants.get(lv.target)
+            r_bps, w_bps = self.rate(lv.target, lv.device)
+            bound = ((lv.cap_r_bps is not None and r_bps >= BINDING * lv.cap_r_bps)
+                     or (lv.cap_w_bps is not None and w_bps >= BINDING * lv.cap_w_bps))
+            if t is None or not t.running or not bound:
+                continue
+            suspect = Suspect(lv.target, "pcie", "disk read", "throttled", r_bps + w_bps, 1.0,
+                              None, 1.0)
+            mv = plan_move(
+                name, Diagnosis("pcie", (suspect,)), self.snap,
+                self.history[-self.pc.violation_windows:], protected=self.protected,
+                may_restart=_only(lv.target), blocked_gpus=self.busy_gpus(),
+                taken={str(p.to) for p in self.pending.values() if p.to is not None},
+                failed=lambda label: label in v.failed,
+            )
+            key = f"place:{lv.target}"
+            if isinstance(mv, str) or mv.tenant != lv.target or not self.usable(key):
+                continue
+            held = self.now - lv.since
+            head = (f"{self._head(name, reading)}; io.max {lv.target} {_caps(lv)} has held it "
+                    f"for {held:.0f} s at {fmt_bps(r_bps + w_bps)} of "
+                    f"{fmt_bps(lv.demand_r_bps + lv.demand_w_bps)} demand")
+            action = Migrate(mv.tenant, mv.source, mv.to, reason=mv.why)
+            lever = Lever(key=key, level=LEVEL_PLACE, target=mv.tenant,
+                          owners=frozenset({name}), since=self.now, changed_at=self.now,
+                          action=action, cause="pcie")
+            self._start(name, reading, LEVEL_PLACE, f"place {mv.tenant}",
+                        [(action, lever, mv.why + "; then lift its throttle")], head)
+            return True
+        return False
 
     def _trial_just_failed(self, v: Victim) -> bool:
         return any(t == self.now for t in v.failed.values())
@@ -302,6 +353,8 @@ class _Tick:
         if r.verdict is not Verdict.VIOLATING or r.p99_s <= target:
             self._note(name, f"{name}: {trial.label} helped: {trial.metric} p99 "
                              f"{ms(trial.baseline_p99_s)} -> {ms(r.p99_s)}")
+            if trial.level == LEVEL_PLACE:
+                self._lift_moved(name, trial, r)
             return replace(self.victims[name], trial=None)
         why = (f"{name}: {trial.label} did not help ({trial.metric} p99 "
                f"{ms(trial.baseline_p99_s)} -> {ms(r.p99_s)}, needed <= {ms(target)}); ")
@@ -310,6 +363,15 @@ class _Tick:
         failed[trial.label] = self.now
         self._note(name, why + "reverted")
         return replace(self.victims[name], trial=None, failed=failed)
+
+    def _lift_moved(self, name: str, trial: Trial, r: TailReading) -> None:
+        """A suspect moved off the victim's link no longer needs the victim's throttle."""
+        moved = {lv.target for k in trial.keys for lv in (self.levers.get(k),)
+                 if lv is not None and lv.target != name}
+        for lv in self.owned(name):
+            if lv.level == LEVEL_IO and lv.target in moved:
+                self._drop_owner(lv, name, f"{name} {r.metric} p99 {ms(r.p99_s or 0.0)} after "
+                                           f"moving {lv.target}; ")
 
     def _judge_relax(self, name: str, v: Victim, trial: Trial) -> Victim:
         """A de-escalation step is reverted as soon as the violation is back (Y windows)."""
@@ -478,7 +540,8 @@ class _Tick:
                 if key in self.levers or not self.usable(key):
                     why.append(f"io.max {s.tenant} {dev} in force or cooling down")
                     continue
-                lever = self._io_lever(victim, s.tenant, dev, r_bps, w_bps)
+                lever = replace(self._io_lever(victim, s.tenant, dev, r_bps, w_bps),
+                                cause=s.cause)
                 steps.append((lever.action, lever,
                               f"io.max {s.tenant} {dev} {_caps(lever)} for "
                               f"{self.pc.throttle_ttl_s:.0f} s"))
@@ -601,8 +664,6 @@ class _Tick:
         if inst is None:
             return f"MIG resize: instance {t.placement} not in the topology"
         label = f"MIG resize {victim}"
-        if not may_restart(victim, self.snap, self.cfg):
-            return f"MIG resize: {victim} is not restartable"
         if label in v.failed:
             return f"MIG resize: growing {victim} failed its trial recently"
         if gpu.index in self.busy_gpus():
@@ -737,6 +798,10 @@ class _Tick:
             level_changes=changes,
         )
         return state, Decision(tuple(self.actions), tuple(self.reasons))
+
+
+def _only(name: str) -> Callable[[str], bool]:
+    return lambda n: n == name
 
 
 def _pending_done(p: Pending, snap: Snapshot) -> bool:

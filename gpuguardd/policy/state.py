@@ -55,6 +55,8 @@ class Lever:
     cap_r_bps: int | None = None
     cap_w_bps: int | None = None
     expires_at: float | None = None
+    #: the diagnosed cause the lever answered ("pcie", "io", "compute", ...)
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,15 @@ import random
 from dataclasses import dataclass, field, replace
 
 from gpuguardd.config import Config, PolicyConfig, SloConfig, TenantConfig
-from gpuguardd.model.actions import Action, IoRelease, IoThrottle, MpsLimit, Outcome, Result
+from gpuguardd.model.actions import (
+    Action,
+    IoRelease,
+    IoThrottle,
+    Migrate,
+    MpsLimit,
+    Outcome,
+    Result,
+)
 from gpuguardd.model.sketch import FrozenSketch
 from gpuguardd.model.snapshot import (
     GpuSample,
@@ -144,6 +152,8 @@ class Toy:
                 self.cap_bps = a.limit.rbps
             elif isinstance(a, IoRelease) and a.tenant == "t2":
                 self.cap_bps = None
+            elif isinstance(a, Migrate) and a.tenant == "t2":
+                self.t2_gpu = a.to.gpu
             elif isinstance(a, MpsLimit):
                 if a.pct is None:
                     self.mps.pop(a.tenant, None)

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Callable
 
 from gpuguardd.config import Config
-from gpuguardd.model.actions import IoRelease, IoThrottle, MpsLimit, Outcome, Result
+from gpuguardd.model.actions import IoRelease, IoThrottle, Migrate, MpsLimit, Outcome, Result
 from gpuguardd.policy import Decision, LadderState, absorb, decide
 
 from .fakes import NVME, Toy, config
@@ -68,7 +68,7 @@ def test_violation_needs_y_consecutive_windows_then_throttles_the_etl_on_the_sam
 
 def test_throttle_brings_t1_within_slo_then_relaxes_slowly_and_releases() -> None:
     toy = Toy()
-    cfg = config()
+    cfg = config(policy="guards")
     state, log = run(toy, cfg, 60.0)
     caps = [rbps(a) for _, a, _ in throttles(log)]
     assert caps[0] == 1_500_000_000
@@ -82,7 +82,7 @@ def test_throttle_brings_t1_within_slo_then_relaxes_slowly_and_releases() -> Non
 
 def test_tighten_fast_relax_slow_until_release_when_the_etl_stops() -> None:
     toy = Toy()
-    cfg = config()
+    cfg = config(policy="guards")
     state, log = run(toy, cfg, 120.0)
     first = throttles(log)
     assert len({rbps(a) for _, a, _ in first}) >= 2, "tightened at least once"
@@ -196,3 +196,21 @@ def test_every_action_has_one_reason() -> None:
         assert len(d.actions) == len(d.reasons)
         assert all(r for r in d.reasons)
         assert not [a for a in d.actions if isinstance(a, MpsLimit)]
+
+
+def test_a_binding_throttle_is_replaced_by_moving_the_suspect_then_lifted() -> None:
+    toy = Toy()
+    cfg = config()  # full: placement allowed, stopgap 60 s
+    state, log = run(toy, cfg, 200.0)
+    moves = [(t, a, r) for t, d in log for a, r in zip(d.actions, d.reasons, strict=True)
+             if isinstance(a, Migrate)]
+    assert len(moves) == 1
+    t_move, mv, reason = moves[0]
+    first = throttles(log)[0][0]
+    assert t_move - first >= cfg.policy.stopgap_s
+    assert mv.tenant == "t2" and not toy.topology.share_switch(mv.to.gpu, 0)
+    assert "has held it for" in reason and "then lift its throttle" in reason
+    releases = [(t, a) for t, d in log for a in d.actions if isinstance(a, IoRelease)]
+    assert len(releases) == 1 and releases[0][0] >= t_move + cfg.policy.eval_period_s
+    assert toy.cap_bps is None and toy.t2_rate() == toy.t2_demand_bps
+    assert not state.tenants["t1"].violating
