@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gpuguardd.config import POLICIES, Config, DaemonConfig, PolicyConfig
+from gpuguardd.config import POLICIES, Config
 from gpuguardd.model.actions import Result
 from gpuguardd.runtime.engine import Engine, TickReport, ladder_policy
 from gpuguardd.runtime.executor import Executor
@@ -29,7 +29,7 @@ def sim_config(scenario: Scenario, policy: str, base: Config | None = None) -> C
     return dataclasses.replace(
         base,
         daemon=dataclasses.replace(base.daemon, backend="sim"),
-        policy=dataclasses.replace(base.policy, name=policy),
+        policy=dataclasses.replace(base.policy, name=policy),  # type: ignore[arg-type]
         tenants=scenario.tenant_configs(),
     )
 
