@@ -11,18 +11,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from gpuguardd import __version__
-from gpuguardd.cli import check_config
+from gpuguardd.cli import check_config, run, simulate
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 # Order = order in --help.
-COMMANDS: tuple[ModuleType, ...] = (check_config,)
+COMMANDS: tuple[ModuleType, ...] = (run, check_config, simulate)
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 on usage errors; keep that
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 on usage errors; keep that
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
