@@ -165,7 +165,10 @@ class PushReceiver:
             return self._reject("unknown_tenant")
         n = len(ttft) + len(tpot)
         with self._lock:
-            b = self._bufs[tenant]
+            b = self._bufs.get(tenant)
+            if b is None:  # removed by a reload since the check above
+                self._rejected["unknown_tenant"] += 1
+                return "unknown_tenant"
             if b.n + n > self.max_samples:
                 self._rejected["rate_limited"] += 1
                 return "rate_limited"
@@ -182,6 +185,13 @@ class PushReceiver:
         with self._lock:
             self._rejected[reason] += 1
         return reason
+
+    def set_tenants(self, tenants: Iterable[str]) -> None:
+        """Accept exactly ``tenants`` from now on (configuration reload)."""
+        names = frozenset(tenants)
+        with self._lock:
+            self._bufs = {t: self._bufs.get(t) or _Buf() for t in names}
+            self._tenants = names
 
     # -- consumer side -------------------------------------------------------------------------
     def drain(self) -> dict[str, PushWindow]:
