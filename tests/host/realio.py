@@ -66,23 +66,31 @@ def scratch_cgroup(version: CgroupVersion, name: str) -> Iterator[tuple[str, Pat
 
 
 ANTAGONIST = r"""
-import os, subprocess, sys
-procs, target = sys.argv[1], sys.argv[2]
+import os, subprocess, sys, threading
+procs, target, parallel = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open(procs, "w") as f:
     f.write(str(os.getpid()))
 print("in-cgroup", flush=True)
-while True:
-    subprocess.run(["dd", "if=/dev/zero", "of=" + target, "bs=1M", "count=256",
-                    "oflag=direct", "conv=notrunc", "status=none"], check=False)
+
+def loop(k):
+    while True:
+        subprocess.run(["dd", "if=/dev/zero", f"of={target}.{k}", "bs=1M", "count=256",
+                        "oflag=direct", "conv=notrunc", "status=none"], check=False)
+
+for k in range(parallel):
+    threading.Thread(target=loop, args=(k,), daemon=True).start()
+threading.Event().wait()
 """
 
 
 @contextlib.contextmanager
-def dd_antagonist(cgroup: Path, target: Path) -> Iterator[subprocess.Popen[str]]:
-    """A loop of ``dd bs=1M oflag=direct`` into ``target`` (256 MiB, rewritten) in ``cgroup``;
-    children inherit the cgroup, so every dd is charged to it."""
+def dd_antagonist(cgroup: Path, target: Path, parallel: int = 1
+                  ) -> Iterator[subprocess.Popen[str]]:
+    """``parallel`` loops of ``dd bs=1M oflag=direct`` into ``target.<k>`` (256 MiB each,
+    rewritten) in ``cgroup``; children inherit the cgroup, so every dd is charged to it."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", ANTAGONIST, str(cgroup / "cgroup.procs"), str(target)],
+        [sys.executable, "-c", ANTAGONIST, str(cgroup / "cgroup.procs"), str(target),
+         str(parallel)],
         stdout=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
@@ -93,5 +101,6 @@ def dd_antagonist(cgroup: Path, target: Path) -> Iterator[subprocess.Popen[str]]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        with contextlib.suppress(FileNotFoundError):
-            target.unlink()
+        for k in range(parallel):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{target}.{k}").unlink()
