@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
+import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 TENANT_NAME = re.compile(r"^[a-z0-9_-]{1,63}$")
 POLICIES = ("static", "guards", "placement", "mig", "full")
@@ -60,7 +55,9 @@ class DaemonConfig:
     interval_s: float = _f(2.0, "tick period, seconds", lo=0.5, hi=10.0)
     backend: Literal["real", "sim"] = _f("real", "host backend: the real host or the simulator")
     dry_run: bool = _f(False, "decide and log, but write nothing")
-    state_dir: str = _f("/var/lib/gpuguardd", "journal of applied actions (must exist or be creatable)")
+    state_dir: str = _f(
+        "/var/lib/gpuguardd", "journal of applied actions (must exist or be creatable)"
+    )
     require_gpu: bool = _f(
         True, "false: run the host-level levers (io.max) on a host without NVIDIA GPUs"
     )
@@ -111,6 +108,37 @@ class PolicyConfig:
     )
     mig_reconfigs_per_hour: int = _f(4, "MIG reconfigurations per GPU per hour", lo=0, hi=60)
     mps_pct: int = _f(50, "MPS active-thread percentage given to compute suspects", lo=1, hi=100)
+    diagnosis_window_s: float = _f(
+        180.0,
+        "history over which a victim's tail is correlated with its neighbours' signals, seconds",
+        lo=10.0,
+        hi=3600.0,
+    )
+    min_improvement: float = _f(
+        0.1,
+        "an action helped if the p99 fell by this fraction of its value at the action (or met "
+        "the SLO); otherwise it is reverted",
+        lo=0.0,
+        hi=0.9,
+    )
+    throttle_relax_step: float = _f(
+        0.5,
+        "relaxation per calm recovery_dwell_s: new cap = (1 + step) x cap, released at the "
+        "suspect's pre-throttle rate (relax slowly, tighten fast)",
+        lo=0.05,
+        hi=4.0,
+    )
+    stopgap_s: float = _f(
+        60.0,
+        "an io throttle that has held a restartable suspect below its demand this long is "
+        "replaced by moving the suspect off the shared link when a placement allows, to give "
+        "it its bandwidth back (0 = never), seconds",
+        lo=0.0,
+    )
+    lever_memory_s: float = _f(
+        900.0, "a lever whose trial failed is not retried for the same victim for this long, s",
+        lo=0.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -143,7 +171,9 @@ class TenantConfig:
         "batch", "latency = protected; batch = may be throttled, moved"
     )
     cgroup: str | None = _f(None, "cgroup path relative to the cgroup root")
-    restartable: bool | None = _f(None, "may the daemon restart it (default: batch yes, latency no)")
+    restartable: bool | None = _f(
+        None, "may the daemon restart it (default: batch yes, latency no)"
+    )
     gpu: str | None = _f(None, "GPU index, UUID or MIG UUID it runs on")
     devices: list[str] = _f([], "block devices (MAJ:MIN) to throttle; default: all it uses")
     slo: SloConfig = field(default_factory=SloConfig, metadata={"doc": "latency SLO"})
@@ -238,16 +268,21 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
+    elif tp is str and isinstance(value, str):
+        return value
     errors.append(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
     return None
 
 
 def _describe(value: Any) -> str:
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "table"}.get(type(value), type(value).__name__)
+    kind = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
     text = repr(value)
     return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
 
@@ -260,7 +295,9 @@ def _build(cls: type[Any], data: Mapping[str, Any], path: str, errors: list[str]
     for key in data:
         if key not in fields:
             hint = _closest(key, list(fields))
-            errors.append(f"{prefix}{key}: unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))
+            errors.append(
+                f"{prefix}{key}: unknown key" + (f" (did you mean '{hint}'?)" if hint else "")
+            )
     for key, f in fields.items():
         kpath = f"{prefix}{key}"
         if key not in data:
@@ -310,8 +347,11 @@ def _check_semantics(cfg: Config, errors: list[str]) -> None:
                 errors.append(f"{p}.cgroup: {c!r} must be a relative path without '..'")
         if t.latency.source == "prometheus" and not t.latency.url:
             errors.append(f"{p}.latency.url: required when source = 'prometheus'")
-        for name, argv in (("restart", t.hooks.restart), ("stop", t.hooks.stop),
-                           ("start", t.hooks.start)):
+        for name, argv in (
+            ("restart", t.hooks.restart),
+            ("stop", t.hooks.stop),
+            ("start", t.hooks.start),
+        ):
             if argv is not None and (not argv or not argv[0]):
                 errors.append(f"{p}.hooks.{name}: must be a non-empty argv list")
         for j, dev in enumerate(t.devices):
@@ -341,9 +381,20 @@ def loads(text: str) -> Config:
     return from_dict(data)
 
 
-def load(path: str | Path) -> Config:
+def load(path: str | Path, *, trusted_only: bool = False) -> Config:
+    """Load and validate ``path``. ``trusted_only`` (the daemon, running as root) refuses a
+    file that anyone but its owner may write: such a file could point the daemon's writes at
+    another cgroup or make it run another hook."""
     p = Path(path)
     try:
+        if trusted_only:
+            mode = p.stat().st_mode
+            if mode & 0o022:
+                raise ConfigError([f"{p}: is group- or world-writable (mode {mode & 0o777:o}); "
+                                   "chmod go-w it first"])
+            if p.resolve().parent.stat().st_mode & 0o002:
+                raise ConfigError([f"{p}: its directory is world-writable; anyone could replace "
+                                   "the file"])
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{p}: no such file"]) from None
@@ -367,14 +418,24 @@ def reference() -> str:
                 lines.append(f"\n### `{table}`\n")
                 walk(inner, f"{prefix}{key}.")
                 continue
-            default = "required" if f.metadata.get("required") else (
-                repr(f.default) if f.default is not dataclasses.MISSING else
-                repr(f.default_factory()) if f.default_factory is not dataclasses.MISSING else "")
+            default = (
+                "required"
+                if f.metadata.get("required")
+                else (
+                    repr(f.default)
+                    if f.default is not dataclasses.MISSING
+                    else repr(f.default_factory())
+                    if f.default_factory is not dataclasses.MISSING
+                    else ""
+                )
+            )
             bounds = ""
             if "min" in f.metadata or "max" in f.metadata:
                 bounds = f" [{f.metadata.get('min', '')}, {f.metadata.get('max', '')}]"
-            lines.append(f"- `{key}` ({_type_name(tp)}{bounds}, default {default}): "
-                         f"{f.metadata.get('doc', '')}")
+            lines.append(
+                f"- `{key}` ({_type_name(tp)}{bounds}, default {default}): "
+                f"{f.metadata.get('doc', '')}"
+            )
 
     walk(Config, "")
     return "\n".join(lines).lstrip() + "\n"

@@ -7,13 +7,13 @@ it, and - when temporary - an absolute ``expires_at`` (seconds on the engine's c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 from gpuguardd.model.snapshot import Placement
 
 
-class Cost(str, Enum):
+class Cost(StrEnum):
     LIVE = "live"  # applies at once, no downtime
     RESTART = "restart"  # applies when the tenant restarts
     RECONFIGURE = "reconfigure"  # MIG reconfiguration of a GPU
@@ -155,7 +155,7 @@ ACTION_KINDS: tuple[str, ...] = (
 )
 
 
-class Result(str, Enum):
+class Result(StrEnum):
     APPLIED = "applied"
     UNCHANGED = "unchanged"  # the value was already in place
     DRY_RUN = "dry_run"

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from gpuguardd.model.sketch import FrozenSketch
 from gpuguardd.model.topology import Topology
 
 
-class TenantClass(str, Enum):
+class TenantClass(StrEnum):
     LATENCY = "latency"
     BATCH = "batch"
 

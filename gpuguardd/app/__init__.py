@@ -1,0 +1,1 @@
+"""Composition root: builds hosts, engines and servers from a Config."""

@@ -1,0 +1,185 @@
+"""``gpuguardd run``: the long-running daemon, on the real or the simulated host."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import signal
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from gpuguardd import config as configmod
+from gpuguardd.config import Config
+from gpuguardd.export.http import MetricsServer
+from gpuguardd.export.metrics import GpuguardCollector, make_registry
+from gpuguardd.host.protocol import Host
+from gpuguardd.runtime.clock import ScaledClock, WallClock
+from gpuguardd.runtime.engine import Engine, ladder_policy
+from gpuguardd.runtime.executor import Executor
+from gpuguardd.runtime.journal import Journal, JournalError
+from gpuguardd.runtime.notify import from_environment
+from gpuguardd.runtime.status import StatusBoard
+
+log = structlog.get_logger("gpuguardd")
+
+
+class StartupError(Exception):
+    """A problem that prevents the daemon from starting; the message is for the operator."""
+
+
+@dataclasses.dataclass
+class Daemon:
+    config: Config
+    host: Host
+    engine: Engine
+    server: MetricsServer
+    board: StatusBoard
+    clock: Callable[[], float]
+    sleep_scale: float
+    config_path: str | None
+    scenario_tenants: tuple[configmod.TenantConfig, ...] | None
+    reloads: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    tmpdir: tempfile.TemporaryDirectory[str] | None = None
+
+    def reload(self) -> None:
+        if self.config_path is None or not Path(self.config_path).exists():
+            log.warning("config_reload_skipped", reason="no configuration file")
+            self.reloads["skipped"] += 1
+            return
+        try:
+            new = configmod.load(self.config_path, trusted_only=True)
+        except configmod.ConfigError as e:
+            self.reloads["failed"] += 1
+            log.error("config_reload_failed", path=self.config_path, errors=e.errors,
+                      kept="previous configuration")
+            return
+        new = _effective(new, self.config, self.scenario_tenants)
+        reconfigure = getattr(self.host, "reconfigure", None)
+        if callable(reconfigure):
+            reconfigure(new)
+        self.engine.config = new
+        self.config = new
+        self.reloads["ok"] += 1
+        log.info("config_reloaded", path=self.config_path, tenants=len(new.tenants))
+
+    def run(self, stop: threading.Event, reload: threading.Event) -> None:
+        self.server.start()
+        log.info("started", backend=self.config.daemon.backend, listen=self.server.address,
+                 tenants=[t.name for t in self.config.tenants], policy=self.config.policy.name,
+                 dry_run=self.config.daemon.dry_run)
+        try:
+            self.engine.run(stop, clock=self.clock, reload=reload, on_reload=self.reload,
+                            sleep_scale=self.sleep_scale)
+        finally:
+            self.server.close()
+            self.host.close()
+            if self.tmpdir is not None:
+                self.tmpdir.cleanup()
+            log.info("stopped")
+
+
+def _effective(cfg: Config, old: Config | None,
+               scenario_tenants: tuple[configmod.TenantConfig, ...] | None) -> Config:
+    """In simulation the scenario defines the tenants and the backend."""
+    if scenario_tenants is None:
+        return cfg
+    return dataclasses.replace(
+        cfg, tenants=scenario_tenants,
+        daemon=dataclasses.replace(cfg.daemon, backend="sim"))
+
+
+def build(
+    cfg: Config,
+    *,
+    config_path: str | None,
+    sim: str | None = None,
+    speed: float = 1.0,
+    dry_run: bool = False,
+    listen: str | None = None,
+) -> Daemon:
+    if dry_run:
+        cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon, dry_run=True))
+    if listen is not None:
+        cfg = dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, listen=listen))
+    tmpdir: tempfile.TemporaryDirectory[str] | None = None
+    scenario_tenants = None
+    host: Host
+    clock: Callable[[], float]
+    if sim is not None or cfg.daemon.backend == "sim":
+        from gpuguardd.sim.scenario import ScenarioError, load_scenario
+
+        try:
+            scenario = load_scenario(sim or "noisy-neighbor")
+        except ScenarioError as e:
+            raise StartupError("; ".join(getattr(e, "errors", [str(e)]))) from None
+        scenario_tenants = scenario.tenant_configs()
+        cfg = _effective(cfg, None, scenario_tenants)
+        host = scenario.build_host()
+        clock = ScaledClock(speed).now
+        tmpdir = tempfile.TemporaryDirectory(prefix="gpuguardd-sim-")
+        state_dir, durable = tmpdir.name, False
+    else:
+        from gpuguardd.host.real import build_real_host
+
+        host = build_real_host(cfg)
+        clock = WallClock().now
+        state_dir, durable = cfg.daemon.state_dir, True
+        speed = 1.0
+    try:
+        journal = Journal(state_dir, wall_clock_now=WallClock().now(), durable=durable)
+    except JournalError as e:
+        host.close()
+        raise StartupError(str(e)) from None
+    executor = Executor(host, journal, dry_run=cfg.daemon.dry_run)
+    for outcome in executor.recover(clock()):
+        log.info("recovered", action=outcome.action.kind, result=outcome.result.value,
+                 detail=outcome.detail)
+    board = StatusBoard(executor)
+    holder: dict[str, Any] = {}
+
+    def extra() -> dict[str, Any]:
+        engine: Engine = holder["engine"]
+        daemon: Daemon | None = holder.get("daemon")
+        active = collections.Counter(e.action.kind for e in executor.active())
+        push = getattr(host, "push_rejected_total", None)
+        return {
+            "active_actions": dict(active),
+            "push_rejected": push() if callable(push) else {},
+            "tick_errors": engine.tick_errors,
+            "reloads": dict(daemon.reloads) if daemon else {},
+            "unavailable": list(executor.unavailable()),
+        }
+
+    collector = GpuguardCollector(lambda: holder["engine"].config, extra)
+    engine = Engine(host, executor, cfg, ladder_policy(), publishers=(collector, board),
+                    notifier=from_environment())
+    holder["engine"] = engine
+    try:
+        server = MetricsServer(cfg.metrics.listen, make_registry(collector), board.status)
+    except OSError as e:
+        host.close()
+        raise StartupError(f"metrics.listen {cfg.metrics.listen}: {e.strerror or e}") from None
+    daemon = Daemon(cfg, host, engine, server, board, clock, speed, config_path,
+                    scenario_tenants, tmpdir=tmpdir)
+    holder["daemon"] = daemon
+    return daemon
+
+
+def install_signal_handlers(stop: threading.Event, reload: threading.Event) -> None:
+    """Handlers only set events; the loop does the work."""
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        reload.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)

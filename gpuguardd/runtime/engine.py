@@ -1,0 +1,159 @@
+"""The control loop: one ``tick(now)`` = observe -> decide -> apply -> publish.
+
+``tick`` is the unit of behaviour and is what tests drive, with an injected clock; ``run``
+only loops, sleeps and reacts to the stop/reload events that the signal handlers set.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from gpuguardd.config import Config
+from gpuguardd.host.protocol import Host
+from gpuguardd.model.actions import Action, Outcome, Result
+from gpuguardd.model.snapshot import Snapshot
+from gpuguardd.runtime.executor import Executor
+from gpuguardd.runtime.notify import Notifier, NullNotifier
+
+log = structlog.get_logger("gpuguardd.engine")
+
+
+class Decision(Protocol):
+    @property
+    def actions(self) -> tuple[Action, ...]: ...
+
+    @property
+    def reasons(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The pure decision core, as three functions (see ``gpuguardd.policy``)."""
+
+    initial: Callable[[Config], Any]
+    decide: Callable[[Any, Snapshot, Config], tuple[Any, Decision]]
+    absorb: Callable[[Any, Sequence[Outcome], float], Any]
+
+
+def ladder_policy() -> Policy:
+    from gpuguardd import policy
+
+    return Policy(policy.LadderState.initial, policy.decide, policy.absorb)
+
+
+@dataclass(frozen=True)
+class TickReport:
+    """What one tick saw and did; the exporter and the status endpoint read the latest."""
+
+    now: float
+    snapshot: Snapshot
+    state: Any
+    outcomes: tuple[Outcome, ...]
+    duration_s: float
+
+
+class Publisher(Protocol):
+    def publish(self, report: TickReport) -> None: ...
+
+
+@dataclass
+class Engine:
+    host: Host
+    executor: Executor
+    config: Config
+    policy: Policy
+    publishers: Sequence[Publisher] = ()
+    notifier: Notifier = field(default_factory=NullNotifier)
+    state: Any = None
+    ticks: int = 0
+    tick_errors: int = 0
+    last_report: TickReport | None = None
+    _ready: bool = False
+
+    def __post_init__(self) -> None:
+        if self.state is None:
+            self.state = self.policy.initial(self.config)
+
+    # -- one pass -------------------------------------------------------------------------
+    def tick(self, now: float) -> TickReport:
+        t0 = time.perf_counter()
+        snapshot = self.host.observe(now)
+        outcomes = self.executor.expire(now)
+        outcomes += self.executor.advance(snapshot)
+        self.state, decision = self.policy.decide(self.state, snapshot, self.config)
+        outcomes += self.executor.apply(decision.actions, now)
+        self.state = self.policy.absorb(self.state, outcomes, now)
+        for outcome in outcomes:
+            self._log_outcome(outcome)
+        report = TickReport(now, snapshot, self.state, tuple(outcomes),
+                            time.perf_counter() - t0)
+        self.last_report = report
+        self.ticks += 1
+        for p in self.publishers:
+            p.publish(report)
+        return report
+
+    @staticmethod
+    def _log_outcome(o: Outcome) -> None:
+        a = o.action
+        fields: Mapping[str, Any] = {
+            "action": a.kind, "target": getattr(a, "tenant", ""), "result": o.result.value,
+            "reason": getattr(a, "reason", ""), "detail": o.detail,
+        }
+        if o.result in (Result.FAILED, Result.UNAVAILABLE):
+            log.warning("decision", **fields)
+        elif o.result is not Result.UNCHANGED:
+            log.info("decision", **fields)
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        clock: Callable[[], float],
+        reload: threading.Event | None = None,
+        on_reload: Callable[[], None] | None = None,
+        sleep_scale: float = 1.0,
+    ) -> None:
+        """Tick every ``interval_s`` of ``clock`` until ``stop`` is set; restore on the way out.
+
+        ``sleep_scale`` divides real sleeping time (a simulated clock running faster than
+        real time). A tick that raises is logged and counted; the loop goes on.
+        """
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                if reload is not None and reload.is_set():
+                    reload.clear()
+                    self.notifier.notify("RELOADING=1")
+                    if on_reload is not None:
+                        on_reload()
+                    self.notifier.notify("READY=1")
+                try:
+                    self.tick(clock())
+                except Exception:
+                    self.tick_errors += 1
+                    log.exception("tick_failed")
+                else:
+                    if not self._ready:
+                        self._ready = True
+                        self.notifier.notify("READY=1")
+                        log.info("ready", interval_s=self.config.daemon.interval_s)
+                    self.notifier.notify("WATCHDOG=1")
+                period = self.config.daemon.interval_s / sleep_scale
+                stop.wait(max(0.0, period - (time.monotonic() - started)))
+        finally:
+            self.notifier.notify("STOPPING=1")
+            self.shutdown("daemon exit")
+
+    def shutdown(self, reason: str) -> list[Outcome]:
+        outcomes = self.executor.restore_all(reason)
+        for o in outcomes:
+            self._log_outcome(o)
+        return outcomes
