@@ -92,6 +92,7 @@ def load_problem(
             output_tokens=t.output_tokens, ttft_slo_ms=t.slo.ttft_p99_ms,
             tpot_slo_ms=t.slo.tpot_p99_ms, static_share_pct=t.static_share_pct,
             max_batch=t.max_batch, input_bytes_per_request=t.input_bytes_per_request,
+            prompt_tokens_p99=t.prompt_tokens_p99,
         )
         for t in inp.tenants
     )

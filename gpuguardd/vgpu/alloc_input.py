@@ -41,6 +41,9 @@ class AllocTenant:
     slo: SloConfig = field(default_factory=SloConfig, metadata={"doc": "latency SLO"})
     demand_rps: float = _required("requests per second the tenant must sustain", lo=0.0)
     prompt_tokens: int = _f(1024, "typical prompt length, tokens", lo=1, hi=1_000_000)
+    prompt_tokens_p99: int | None = _f(
+        None, "99th percentile of the prompt length, tokens (default: prompt_tokens)",
+        lo=1, hi=10_000_000)
     output_tokens: int = _f(128, "typical output length, tokens", lo=1, hi=1_000_000)
     static_share_pct: int | None = _f(None, "the operator's static share, for comparison",
                                       lo=1, hi=100)
@@ -89,5 +92,7 @@ def _semantics(inp: AllocInput, errors: list[str]) -> None:
             elif t.model not in BUILTIN:
                 errors.append(f"{p}.model: unknown built-in model {t.model!r}; known: "
                               f"{', '.join(sorted(BUILTIN))} (or give model_config)")
+        if t.prompt_tokens_p99 is not None and t.prompt_tokens_p99 < t.prompt_tokens:
+            errors.append(f"{p}.prompt_tokens_p99: must be >= prompt_tokens ({t.prompt_tokens})")
         if t.slo.ttft_p99_ms is None and t.slo.tpot_p99_ms is None:
             errors.append(f"{p}.slo: needs ttft_p99_ms or tpot_p99_ms")

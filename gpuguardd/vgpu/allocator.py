@@ -5,14 +5,21 @@ The model both planners optimise (one model, so that the oracle's optimum bounds
 Service. A tenant runs a continuous-batching engine with ``b`` sequence slots, b from
 ``batches`` (≤ its ``max_batch``). At share f and co-runner activity A (λ = ``demand_rps``):
 
-    a new request is prefilled on its own:   TTFT1 = TTFT(b=1, f, A)
+    a new request is prefilled on its own:   TTFT1 = TTFT(b=1, f, A, P)
     prefills steal decode time:              φ = λ · TTFT1,  TPOT_eff = TPOT(b, f, A) / (1 - φ)
     one request holds a slot for             R = TTFT1 + (O - 1) · TPOT_eff
     capacity                                 λ · R ≤ rho_max · b  and  φ ≤ rho_max  (0.85)
-    slots are an M/M/b queue:                W99 = ln(100 · C) / (b/R - λ) if C > 1 %, else 0
+    prefills queue on the GPU (M/G/1):       Wp = φ/(1 - φ) · (1 + cs²)/2 · TTFT1    (Kingman)
+                                             Wp99 = Wp/φ · ln(100 φ) if φ > 1 %  (exponential tail)
+                                             cs = (P99/P - 1) / 2.326  (prompt-length spread)
+    slots are an M/M/b queue:                Ws99 = ln(100 · C) / (b/R - λ) if C > 1 %, else 0
                                              C = Erlang-C probability that all b slots are busy
-    TTFT p99 = TTFT1 · ttft_tail + TPOT(b) + W99    (+ one running decode step)  ≤ τ_ttft
+    TTFT p99 = TTFT(1, f, A, P99) · ttft_tail + Wp99 + TPOT(b) + Ws99              ≤ τ_ttft
+               (the p99 prompt's prefill, both queues, one running decode step)
     TPOT p99 = TPOT_eff · tpot_tail                                               ≤ τ_tpot
+
+P99 is the tenant's ``prompt_tokens_p99`` (default: P, no spread). Adding the p99s of the parts
+over-estimates the p99 of their sum: the model errs on the safe side.
 
 TPOT(b) at the slot count b over-estimates the step time when fewer sequences are in flight: the
 model errs on the safe side. A share is feasible if some b meets all of it; the tenant runs at the
@@ -93,6 +100,7 @@ class TenantSpec:
     static_share_pct: int | None = None
     max_batch: int = 32
     input_bytes_per_request: float = 0.0
+    prompt_tokens_p99: int | None = None  # None: every prompt is ``prompt_tokens`` long
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +216,7 @@ class _Load:
 
     lam: FloatArray  # demand, requests per ms
     prompt: FloatArray
+    prompt99: FloatArray
     output: FloatArray
     input_bytes: FloatArray
     ttft_slo: FloatArray  # inf when the tenant has none
@@ -225,6 +234,7 @@ class _Load:
         return _Load(
             lam=col([t.demand_rps / 1000.0 for t in ts]),
             prompt=col([t.prompt_tokens for t in ts]),
+            prompt99=col([max(t.prompt_tokens, t.prompt_tokens_p99 or 0) for t in ts]),
             output=col([t.output_tokens for t in ts]),
             input_bytes=col([t.input_bytes_per_request for t in ts]),
             ttft_slo=col([inf if t.ttft_slo_ms is None else t.ttft_slo_ms for t in ts]),
@@ -247,13 +257,20 @@ def _evaluate(
     o1 = np.maximum(load.output - 1.0, 0.0)
     ttft1 = pred.ttft_ms(1, share, level, load.prompt, load.input_bytes)
     phi = lam * ttft1  # fraction of time spent in prefills
+    # prefill queue (M/G/1): Kingman's mean wait with an exponential tail of that mean
+    cs2 = ((load.prompt99 / load.prompt - 1.0) / 2.326) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wait_mean = np.where(phi < 1.0, phi / (1.0 - phi) * (1.0 + cs2) / 2.0 * ttft1, np.inf)
+        wait99 = np.where(phi > 0.01, wait_mean / phi * np.log(np.maximum(phi, 1e-300) * 100.0),
+                          0.0)
+    service99 = pred.ttft_ms(1, share, level, load.prompt99, load.input_bytes) * pred.ttft_tail
     tpot = pred.tpot_ms(bx.astype(np.float64), share, level, load.prompt, load.output)
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot_eff = np.where(phi < 1.0, tpot / (1.0 - phi), np.inf)
         resid = ttft1 + o1 * tpot_eff
         slots_rate = bx / resid  # requests per ms the slots complete
     tpot99 = np.broadcast_to(tpot_eff * pred.tpot_tail, allowed.shape)
-    ttft99 = np.broadcast_to(ttft1 * pred.ttft_tail + tpot, allowed.shape).copy()
+    ttft99 = np.broadcast_to(service99 + wait99 + tpot, allowed.shape).copy()
     cap = np.broadcast_to(
         np.minimum(slots_rate, np.where(ttft1 > 0, 1.0 / np.maximum(ttft1, 1e-12), np.inf)),
         allowed.shape)
@@ -451,7 +468,7 @@ def _profiles(problem: Problem) -> Profiles:
                 missing.append(f"{t.name}: no predictor for ({t.model}, {gpu.name})")
                 continue
             key = (t.arch, t.demand_rps, t.prompt_tokens, t.output_tokens, t.ttft_slo_ms,
-                   t.tpot_slo_ms, t.max_batch, t.input_bytes_per_request)
+                   t.tpot_slo_ms, t.max_batch, t.input_bytes_per_request, t.prompt_tokens_p99)
             todo.setdefault((t.model, gpu.name), {}).setdefault(key, []).append(t)
     for (model, gname), kinds in todo.items():
         reps = [same[0] for same in kinds.values()]

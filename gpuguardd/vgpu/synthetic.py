@@ -15,7 +15,7 @@ Physics (times in seconds unless noted; f = share fraction under HAMi time slici
                        · (1 + 0.3·u^1.4) + 0.4 ms · colocated + 3 ms + b·P·4 B / pcie
     decode    bytes  = weights + b · (P + O/2) · kv_bytes_per_token
               t_mem  = bytes / hbm;  t_cmp = 2 · params · b / (peak · 0.35)
-              t_step = (t_mem⁴ + t_cmp⁴)^(1/4) / f · (1 + 0.4·d^1.3) + 2.3 ms + (1 - f) · 1 ms
+              t_step = (t_mem⁴ + t_cmp⁴)^(1/4) / f · (1 + 0.4·d^1.3) + 2.3 ms + (1 - f) · τ/4
 
 E = 0.70 and the 2.3 ms host time per decode step are calibrated so that Llama-2-7B on a full
 A100-80GB (312 TFLOP/s dense BF16, 1.8 TB/s effective HBM) gives ≈ 40 ms for a 512-token
@@ -34,38 +34,53 @@ from gpuguardd.vgpu.gpus import GpuSpec
 from gpuguardd.vgpu.predictor import Predictor, fit
 from gpuguardd.vgpu.profile_data import ProfileRow
 
-PREFILL_EFFICIENCY = 0.70
-EFFICIENCY_HALF_TOKENS = 96.0
-SLICE_QUANTUM_S = 0.004
-PREFILL_HOST_S = 0.003
-DECODE_HOST_S = 0.0023
-DECODE_COMPUTE_EFFICIENCY = 0.35
 NOISE_SIGMA = 0.03
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Constants of the formulas above. The default follows the brief (Llama-2-7B on a full
+    A100-80GB: ≈ 40 ms for a 512-token prefill, ≈ 10 ms per output token); benchmarks may pass
+    another one (e.g. the simulator's, derived from splitwise's measured timings)."""
+
+    prefill_efficiency: float = 0.70  # E: sustained fraction of peak at large token counts
+    efficiency_half_tokens: float = 96.0
+    slice_quantum_s: float = 0.004
+    prefill_host_s: float = 0.003
+    decode_host_s: float = 0.0023
+    decode_compute_efficiency: float = 0.35
+    contention_sm: float = 0.3  # prefill x (1 + c·u^1.4)
+    contention_dram: float = 0.4  # decode x (1 + c·d^1.3)
+    corunner_delay_s: float = 0.0004
+
+
+DEFAULT = Calibration()
 
 
 def prefill_s(
     arch: LlmArch, gpu: GpuSpec, batch: int, prompt_tokens: int, share: float,
-    sm_others: float, colocated: int,
+    sm_others: float, colocated: int, cal: Calibration = DEFAULT,
 ) -> float:
     n = batch * prompt_tokens
-    eff = PREFILL_EFFICIENCY * n / (n + EFFICIENCY_HALF_TOKENS)
+    eff = cal.prefill_efficiency * n / (n + cal.efficiency_half_tokens)
     compute = batch * arch.prefill_flops(prompt_tokens) / (gpu.peak_flops * eff)
-    sliced = compute / share + (1.0 - share) * SLICE_QUANTUM_S / 2.0
-    contention = 1.0 + 0.3 * sm_others**1.4
+    sliced = compute / share + (1.0 - share) * cal.slice_quantum_s / 2.0
+    contention = 1.0 + cal.contention_sm * sm_others**1.4
     pcie = n * 4.0 / gpu.pcie_bps
-    return float(sliced * contention + 0.0004 * colocated + PREFILL_HOST_S + pcie)
+    return float(sliced * contention + cal.corunner_delay_s * colocated + cal.prefill_host_s
+                 + pcie)
 
 
 def decode_step_s(
     arch: LlmArch, gpu: GpuSpec, batch: int, prompt_tokens: int, output_tokens: int,
-    share: float, dram_others: float,
+    share: float, dram_others: float, cal: Calibration = DEFAULT,
 ) -> float:
     ctx = prompt_tokens + output_tokens / 2.0
     t_mem = arch.decode_bytes(int(ctx), batch) / gpu.hbm_bps
-    t_cmp = 2.0 * arch.params * batch / (gpu.peak_flops * DECODE_COMPUTE_EFFICIENCY)
+    t_cmp = 2.0 * arch.params * batch / (gpu.peak_flops * cal.decode_compute_efficiency)
     gpu_s = (t_mem**4 + t_cmp**4) ** 0.25
-    return float(gpu_s / share * (1.0 + 0.4 * dram_others**1.3) + DECODE_HOST_S
-                 + (1 - share) * 0.001)
+    return float(gpu_s / share * (1.0 + cal.contention_dram * dram_others**1.3)
+                 + cal.decode_host_s + (1 - share) * cal.slice_quantum_s / 4.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +95,7 @@ class Sweep:
 
 def profile(
     arch: LlmArch, gpu: GpuSpec, rng: np.random.Generator, sweep: Sweep = Sweep(),
-    noise_sigma: float = NOISE_SIGMA,
+    noise_sigma: float = NOISE_SIGMA, cal: Calibration = DEFAULT,
 ) -> list[ProfileRow]:
     """One row per sweep point and repetition. Co-runners' activities are drawn at random: each
     co-runner keeps the SMs busy U(0.05, 0.4) of the time and DRAM at U(0.5, 0.95) of that."""
@@ -94,8 +109,8 @@ def profile(
                         u = float(act.sum())
                         d = float((act * rng.uniform(0.5, 0.95, size=k)).sum())
                         f = share / 100.0
-                        ttft = prefill_s(arch, gpu, b, p, f, u, k)
-                        tpot = decode_step_s(arch, gpu, b, p, sweep.output_tokens, f, d)
+                        ttft = prefill_s(arch, gpu, b, p, f, u, k, cal)
+                        tpot = decode_step_s(arch, gpu, b, p, sweep.output_tokens, f, d, cal)
                         noise = np.exp(rng.normal(0.0, noise_sigma, size=2))
                         rows.append(ProfileRow(
                             model=arch.name, gpu=gpu.name, batch_size=b, share_pct=float(share),
@@ -108,8 +123,10 @@ def profile(
     return rows
 
 
-def fitted_predictor(arch: LlmArch, gpu: GpuSpec, seed: int = 0) -> Predictor:
+def fitted_predictor(
+    arch: LlmArch, gpu: GpuSpec, seed: int = 0, cal: Calibration = DEFAULT
+) -> Predictor:
     """A predictor fitted on this synthetic profile: the allocator's default when the operator
     has not profiled the model (``gpuguardd fit`` output replaces it)."""
-    rows = profile(arch, gpu, np.random.default_rng(seed))
+    rows = profile(arch, gpu, np.random.default_rng(seed), cal=cal)
     return fit(rows, seed=seed, pcie_bps=gpu.pcie_bps)

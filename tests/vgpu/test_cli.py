@@ -33,7 +33,7 @@ def test_allocate_example_json_contract(tmp_path: Path, capsys: pytest.CaptureFi
     for key in ("gpu", "share_pct", "memory_bytes", "predicted_ttft_p99_ms",
                 "predicted_tpot_p99_ms"):
         assert key in t
-    assert res["feasible"] is True and res["saving_vs_static"] >= 0.25
+    assert res["feasible"] is True and res["saving_vs_static"] >= 0.2
     assert 0 <= res["gap_to_oracle"] <= 0.05
 
 

@@ -84,7 +84,8 @@ def test_cooldown_budget_and_restartability(setup: tuple) -> None:
     obs = obs_of(pb, tenants, {"a": 2.5})
     cooling = ReplanState({**state.tenants, "a": replace(state.tenants["a"], changed_at=900.0)})
     res = replan(cooling, tenants, obs, pb, now=1000.0, policy=ReplanPolicy(cooldown_s=300))
-    assert res.actions == () and any("cooldown" in n for n in res.notes)
+    assert [a for a in res.actions if a.tenant == "a"] == []
+    assert any(n.startswith("a: cooldown") for n in res.notes)
     spent = ReplanState(state.tenants, restarts=(100.0, 200.0))
     res = replan(spent, tenants, obs, pb, now=1000.0,
                  policy=ReplanPolicy(restart_budget_per_hour=2))
@@ -92,10 +93,11 @@ def test_cooldown_budget_and_restartability(setup: tuple) -> None:
     # an hour later the budget is back
     res = replan(spent, tenants, obs, pb, now=3900.0,
                  policy=ReplanPolicy(restart_budget_per_hour=2))
-    assert [a.tenant for a in res.actions] == ["a"]
+    assert "a" in [a.tenant for a in res.actions]
     fixed = ReplanState({**state.tenants, "a": replace(state.tenants["a"], restartable=False)})
     res = replan(fixed, tenants, obs, pb, now=1000.0)
-    assert res.actions == () and any("not restartable" in n for n in res.notes)
+    assert [a for a in res.actions if a.tenant == "a"] == []
+    assert any(n.startswith("a: not restartable") for n in res.notes)
 
 
 def test_raise_is_clipped_to_the_gpu_room(setup: tuple) -> None:
