@@ -174,7 +174,7 @@ FLEET_WEIGHTS = [3, 3, 2, 1, 3, 1]  # in SIX order
 FLEET_DEMAND = (0.02, 0.2)  # requests/s per tenant, uniform
 
 
-def fleet(n: int, seed: int, demand: tuple[float, float], max_batch: int = 16
+def fleet(n: int, seed: int, demand: tuple[float, float], max_batch: int = 8
           ) -> tuple[allocator.TenantSpec, ...]:
     r = random.Random(seed)
     out = []

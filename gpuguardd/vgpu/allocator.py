@@ -9,17 +9,21 @@ Service. A tenant runs a continuous-batching engine with ``b`` sequence slots, b
     prefills steal decode time:              φ = λ · TTFT1,  TPOT_eff = TPOT(b, f, A) / (1 - φ)
     one request holds a slot for             R = TTFT1 + (O - 1) · TPOT_eff
     capacity                                 λ · R ≤ rho_max · b  and  φ ≤ rho_max  (0.85)
-    prefills queue on the GPU (M/G/1):       Wp = φ/(1 - φ) · (1 + cs²)/2 · TTFT1    (Kingman)
-                                             Wp99 = Wp/φ · ln(100 φ) if φ > 1 %  (exponential tail)
+    a request's own prefill S and its wait   S ~ normal(TTFT1, sd),
+    W in the prefill queue (M/G/1):          sd = (TTFT(1, f, A, P99) · ttft_tail - TTFT1) / 2.326
+                                             W = 0 w.p. 1 - φ, else exponential, mean
+                                             m = (1 + cs²)/2 · TTFT1 / (1 - φ)   (Kingman / φ)
                                              cs = (P99/P - 1) / 2.326  (prompt-length spread)
+                                             Tp99 = max(TTFT1 + 2.576 sd,
+                                                        TTFT1 + m·ln(200 φ) + sd²/(2m))
+                                             (0.5 % of the tail to each: P(S+W > Tp99) ≤ 1 %)
     slots are an M/M/b queue:                Ws99 = ln(100 · C) / (b/R - λ) if C > 1 %, else 0
                                              C = Erlang-C probability that all b slots are busy
-    TTFT p99 = TTFT(1, f, A, P99) · ttft_tail + Wp99 + TPOT(b) + Ws99              ≤ τ_ttft
-               (the p99 prompt's prefill, both queues, one running decode step)
+    TTFT p99 = Tp99 + TPOT(b) + Ws99    (+ one running decode step)               ≤ τ_ttft
     TPOT p99 = TPOT_eff · tpot_tail                                               ≤ τ_tpot
 
-P99 is the tenant's ``prompt_tokens_p99`` (default: P, no spread). Adding the p99s of the parts
-over-estimates the p99 of their sum: the model errs on the safe side.
+P99 is the tenant's ``prompt_tokens_p99`` (default: P, no spread). Adding the slot wait and the
+running step to Tp99 over-estimates the p99 of the sum: the model errs on the safe side.
 
 TPOT(b) at the slot count b over-estimates the step time when fewer sequences are in flight: the
 model errs on the safe side. A share is feasible if some b meets all of it; the tenant runs at the
@@ -257,20 +261,27 @@ def _evaluate(
     o1 = np.maximum(load.output - 1.0, 0.0)
     ttft1 = pred.ttft_ms(1, share, level, load.prompt, load.input_bytes)
     phi = lam * ttft1  # fraction of time spent in prefills
-    # prefill queue (M/G/1): Kingman's mean wait with an exponential tail of that mean
+    # Prefill queue (M/G/1): a request waits with probability φ; given that it waits, the wait
+    # is taken exponential with mean m = Kingman's mean wait / φ. Its own prefill S is taken
+    # normal (mean TTFT1, sd implied by the p99 prompt's prefill). The p99 of S + W splits the
+    # 1 % between the two tails: P(S > TTFT1 + 2.576 sd) = 0.5 % and
+    # P(S + W > t) ≈ φ · exp(-(t - TTFT1)/m + sd²/(2 m²)) = 0.5 %.
     cs2 = ((load.prompt99 / load.prompt - 1.0) / 2.326) ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        wait_mean = np.where(phi < 1.0, phi / (1.0 - phi) * (1.0 + cs2) / 2.0 * ttft1, np.inf)
-        wait99 = np.where(phi > 0.01, wait_mean / phi * np.log(np.maximum(phi, 1e-300) * 100.0),
-                          0.0)
     service99 = pred.ttft_ms(1, share, level, load.prompt99, load.input_bytes) * pred.ttft_tail
+    sd = np.maximum(service99 - ttft1, 0.0) / 2.326
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        m = np.where(phi < 1.0, (1.0 + cs2) / 2.0 * ttft1 / (1.0 - phi), np.inf)
+        tail_t = np.where(phi > 0.005,
+                          ttft1 + m * np.log(np.maximum(phi, 1e-300) * 200.0)
+                          + sd * sd / (2.0 * m), 0.0)
+    prefill99 = np.maximum(ttft1 + 2.576 * sd, tail_t)
     tpot = pred.tpot_ms(bx.astype(np.float64), share, level, load.prompt, load.output)
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot_eff = np.where(phi < 1.0, tpot / (1.0 - phi), np.inf)
         resid = ttft1 + o1 * tpot_eff
         slots_rate = bx / resid  # requests per ms the slots complete
     tpot99 = np.broadcast_to(tpot_eff * pred.tpot_tail, allowed.shape)
-    ttft99 = np.broadcast_to(service99 + wait99 + tpot, allowed.shape).copy()
+    ttft99 = np.broadcast_to(prefill99 + tpot, allowed.shape).copy()
     cap = np.broadcast_to(
         np.minimum(slots_rate, np.where(ttft1 > 0, 1.0 / np.maximum(ttft1, 1e-12), np.inf)),
         allowed.shape)
