@@ -233,15 +233,19 @@ def cli_1000(tmp: Path) -> dict[str, Any]:
 
 
 def oracle50(preds: dict[tuple[str, str], Predictor]) -> dict[str, Any]:
+    """Four random 50-tenant instances over 16 GPUs (about half full) and one over 9 GPUs
+    (nearly full): oracle time, whether HiGHS proved optimality, its bound, the greedy's total."""
     out: dict[str, Any] = {}
-    for label, gpus, seed in (("typical (14 GPUs)", 14, 0), ("tight (9 GPUs)", 9, 1)):
+    cases = [(f"16 GPUs, seed {s}", 16, s) for s in range(4)] + [("9 GPUs, seed 1", 9, 1)]
+    for label, gpus, seed in cases:
         ts = tuple(allocator.TenantSpec(
             t.name, t.model, t.arch, t.demand_rps, 1024, 128, t.ttft_slo_ms, t.tpot_slo_ms, 25)
             for t in fleet(50, seed=seed, demand=(0.05, 1.0)))
         pb = allocator.Problem(ts, (A100,) * gpus, preds)
-        g = allocator.greedy(pb)
+        built = allocator.profiles_of(pb)
+        g = allocator.greedy(pb, built)
         t0 = time.perf_counter()
-        o = allocator.oracle(pb)
+        o = allocator.oracle(pb, built)
         dt = time.perf_counter() - t0
         out[label] = {"oracle_s": round(dt, 2), "optimal": o.optimal,
                       "oracle_total_pct": o.total_share_pct,
@@ -286,7 +290,7 @@ def main() -> int:
         "gap<=5%": max(res["mix"]["gap_to_oracle"],
                        res["mix_sim_calibrated"]["gap_to_oracle"]) <= 0.05,
         "1000_tenants<1s": res["scale"]["greedy_wall_s_median"] < 1.0,
-        "oracle50<30s": res["oracle50"]["typical (14 GPUs)"]["oracle_s"] < 30.0,
+        "oracle50<30s": all(v["oracle_s"] < 30.0 for v in res["oracle50"].values()),
     }
     res["checks"] = checks
     print(json.dumps(res, indent=2))
