@@ -7,7 +7,9 @@ Service. A tenant runs a continuous-batching engine with ``b`` sequence slots, b
 
     a new request is prefilled on its own:   TTFT1 = TTFT(b=1, f, A, P)
     prefills steal decode time:              φ = λ · TTFT1,  TPOT_eff = TPOT(b, f, A) / (1 - φ)
-    one request holds a slot for             R = TTFT1 + (O - 1) · TPOT_eff
+    one request holds a slot for             R = TTFT1 + (O - 1) · TPOT_eff   (all b slots busy)
+    sequences per decode step                n = min(b, λ·R(n)) (Little, iterated from R above),
+                                             n99 = n + 2.326·√n (Poisson p99)
     capacity                                 λ · R ≤ rho_max · b  and  φ ≤ rho_max  (0.85)
     a request's own prefill S and its wait   S ~ normal(TTFT1, sd),
     W in the prefill queue (M/G/1):          sd = (TTFT(1, f, A, P99) · ttft_tail - TTFT1) / 2.326
@@ -20,14 +22,14 @@ Service. A tenant runs a continuous-batching engine with ``b`` sequence slots, b
     slots are an M/M/b queue:                Ws99 = ln(100 · C) / (b/R - λ) if C > 1 %, else 0
                                              C = Erlang-C probability that all b slots are busy
     TTFT p99 = Tp99 + TPOT(b) + Ws99    (+ one running decode step)               ≤ τ_ttft
-    TPOT p99 = TPOT_eff · tpot_tail                                               ≤ τ_tpot
+    TPOT p99 = TPOT(n99) / (1 - φ) · tpot_tail                                    ≤ τ_tpot
 
 P99 is the tenant's ``prompt_tokens_p99`` (default: P, no spread). Adding the slot wait and the
 running step to Tp99 over-estimates the p99 of the sum: the model errs on the safe side.
 
-TPOT(b) at the slot count b over-estimates the step time when fewer sequences are in flight: the
-model errs on the safe side. A share is feasible if some b meets all of it; the tenant runs at the
-smallest such b (the engine's ``max_num_seqs``).
+R uses the step time of b sequences (an over-estimate when fewer are in flight); the TPOT
+check uses the Poisson p99 of the sequences in flight, n99. A share is feasible if some b
+meets all of it; the tenant runs at the smallest such b (the engine's ``max_num_seqs``).
 
 Interference. Each tenant has an activity footprint a ∈ [0, 1] computed from its demand and the
 roofline of its architecture (:func:`footprint`): the fraction of the GPU's time its prefills keep
@@ -275,12 +277,26 @@ def _evaluate(
                           ttft1 + m * np.log(np.maximum(phi, 1e-300) * 200.0)
                           + sd * sd / (2.0 * m), 0.0)
     prefill99 = np.maximum(ttft1 + 2.576 * sd, tail_t)
-    tpot = pred.tpot_ms(bx.astype(np.float64), share, level, load.prompt, load.output)
+    bf = bx.astype(np.float64)
+    tpot_full = pred.tpot_ms(bf, share, level, load.prompt, load.output)  # all b slots busy
     with np.errstate(divide="ignore", invalid="ignore"):
-        tpot_eff = np.where(phi < 1.0, tpot / (1.0 - phi), np.inf)
-        resid = ttft1 + o1 * tpot_eff
+        tpot_eff = np.where(phi < 1.0, tpot_full / (1.0 - phi), np.inf)
+        resid = ttft1 + o1 * tpot_eff  # conservative: every step at b sequences
         slots_rate = bx / resid  # requests per ms the slots complete
-    tpot99 = np.broadcast_to(tpot_eff * pred.tpot_tail, allowed.shape)
+        # Sequences actually in a step: Little's n = λ·R (≤ b), and for the p99 its Poisson
+        # 99th percentile n + 2.326·√n. Two fixed-point steps n → R(n) → λ·R(n) from the
+        # conservative R above; R grows with n, so every iterate stays above the fixed point.
+        n = np.minimum(bf, lam * resid)
+        for _ in range(2):
+            step = pred.tpot_ms(np.ceil(np.maximum(n, 1.0)), share, level, load.prompt,
+                                load.output)
+            n = np.minimum(bf, lam * (ttft1 + o1 * step / np.maximum(1.0 - phi, 1e-9)))
+        n99 = np.clip(np.ceil(n + 2.326 * np.sqrt(n)), 1.0, bf)
+        tpot = pred.tpot_ms(np.ceil(np.maximum(n, 1.0)), share, level, load.prompt,
+                            load.output)
+        tpot99 = np.broadcast_to(
+            np.where(phi < 1.0, pred.tpot_ms(n99, share, level, load.prompt, load.output)
+                     / (1.0 - phi), np.inf) * pred.tpot_tail, allowed.shape)
     ttft99 = np.broadcast_to(prefill99 + tpot, allowed.shape).copy()
     cap = np.broadcast_to(
         np.minimum(slots_rate, np.where(ttft1 > 0, 1.0 / np.maximum(ttft1, 1e-12), np.inf)),
