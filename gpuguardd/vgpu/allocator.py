@@ -166,7 +166,8 @@ class Plan:
 
     @property
     def total_share_pct(self) -> int:
-        return sum(a.share_pct or 0 for a in self.assignments.values() if a.feasible)
+        """Shares handed out (a placed tenant that misses its SLO still holds its share)."""
+        return sum(a.share_pct or 0 for a in self.assignments.values())
 
     @property
     def feasible(self) -> bool:
