@@ -147,6 +147,8 @@ def measure(target: Target, concurrency: int, rounds: int) -> list[Timing]:
             th.join(target.timeout_s + 5.0)
         if errors:
             raise ProfileError(errors[0])
+        if any(th.is_alive() for th in threads):
+            raise ProfileError(f"requests still running after {target.timeout_s + 5.0:g} s")
     return out
 
 

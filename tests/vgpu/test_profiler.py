@@ -101,3 +101,11 @@ def test_errors_are_reported_not_raised(served: tuple[str, Path], tmp_path: Path
 
 def json_argv(argv: list[str]) -> str:
     return json.dumps(argv)
+
+
+def test_a_stalled_stream_times_out(served: tuple[str, Path]) -> None:
+    url, control = served
+    control.write_text("1")  # 1 % share: 2 s to the first token
+    target = profiler.Target(url, "m", "g", prompt_tokens=4, output_tokens=2, timeout_s=0.3)
+    with pytest.raises(profiler.ProfileError, match="timed out"):
+        profiler.stream_once(target)
