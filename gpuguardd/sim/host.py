@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -113,6 +114,7 @@ class SimHost:
             self.tenants[ts.name] = self._make_tenant(ts, np.random.default_rng(kid))
         self._order = list(self.tenants.values())
         self._pending: dict[str, _Pending] = {}
+        self._members_cache: dict[Placement, list[Tenant]] = {}
         self._token = 0
         # cumulative observable counters, kept noisy but monotone
         self._obs_t = 0.0
@@ -160,6 +162,9 @@ class SimHost:
             for d in self.spec.topology.block_devices
         }
         self._disk_numa = {d.devno: d.numa_node for d in self.spec.topology.block_devices}
+        self._numa_disks: dict[int, list[FluidDomain]] = {}
+        for dev, dom in self._disks.items():
+            self._numa_disks.setdefault(self._disk_numa[dev], []).append(dom)
 
     def _make_tenant(self, ts: TenantSpec, rng: np.random.Generator) -> Tenant:
         place = self.initial_placement(ts)
@@ -226,7 +231,15 @@ class SimHost:
             flow.domain.set_cap(self.loop.now, flow, cap)
 
     def _members(self, p: Placement) -> list[Tenant]:
-        return [x for x in self._order if x.working and x.uses_sm and x.placement == p]
+        """Working tenants on the SM pool ``p`` (cached until a tenant changes state)."""
+        got = self._members_cache.get(p)
+        if got is None:
+            got = [x for x in self._order if x.working and x.uses_sm and x.placement == p]
+            self._members_cache[p] = got
+        return list(got)
+
+    def _changed(self) -> None:
+        self._members_cache.clear()
 
     def _cap_pct(self, x: Tenant) -> float:
         pcts = [v for v in (x.mps_pct, x.share_pct) if v is not None]
@@ -245,6 +258,8 @@ class SimHost:
         members = self._members(p)
         if tenant not in members:
             members.append(tenant)
+        if len(members) == 1:
+            return pool * self._cap_pct(tenant) / ms.model.sm_count
         weights = [x.spec.sm_weight * (1.0 if x is tenant or x.kind != "inference" else x.rho)
                    for x in members]
         caps = [pool * self._cap_pct(x) for x in members]
@@ -260,6 +275,8 @@ class SimHost:
         members = self._members(p)
         if tenant not in members:
             members.append(tenant)
+        if len(members) == 1:
+            return pool
         weights: list[float] = []
         caps: list[float] = []
         for x in members:
@@ -275,9 +292,9 @@ class SimHost:
 
     def _numa_io_bps(self, node: int) -> float:
         total = 0.0
-        for dev, dom in self._disks.items():
-            if self._disk_numa.get(dev) == node:
-                total += sum(f.rate for f in dom.flows)
+        for dom in self._numa_disks.get(node, ()):
+            for f in dom.flows:
+                total += f.rate
         return total
 
     def host_delay_s(self, tenant: Tenant) -> float:
@@ -303,6 +320,7 @@ class SimHost:
 
     # -- scenario events ----------------------------------------------------------------------
     def _event(self, t: float, ev: EventSpec, starting: bool = False) -> None:
+        self._changed()
         ten = self.tenants[ev.tenant]
         if ev.action == "set":
             if self._apply_set is None or ev.values is None:
@@ -529,6 +547,7 @@ class SimHost:
             if not raw.isdigit() or not 1 <= int(raw) <= 100:
                 raise LeverError(f"{MPS_ENV}={raw!r} is not 1..100", permanent=True)
             mps = int(raw)
+        self._changed()
         t.go_down(now)
         up_at = max(now + self.restart_s, self.reconfig_until[target.gpu])
         self._token += 1
@@ -544,6 +563,7 @@ class SimHost:
         t = self.tenants[name]
         if self._fit_problem(t, pend.placement) is not None:
             return  # its instance vanished meanwhile: the process fails to start, stays down
+        self._changed()
         t.placement = pend.placement
         t.mps_pct = pend.mps_pct
         t.share_pct = t.pending_share_pct
@@ -551,6 +571,7 @@ class SimHost:
 
     def stop_tenant(self, tenant: str) -> None:
         t = self._tenant(tenant)
+        self._changed()
         self._pending.pop(tenant, None)
         t.go_down(self.loop.now)
 
@@ -609,7 +630,7 @@ class SimHost:
         self._closed = True
 
     # -- ground truth (evaluation only) --------------------------------------------------------
-    def results(self) -> dict[str, object]:
+    def results(self) -> dict[str, Any]:
         now = self.loop.now
         tenants = {t.name: t.results(now, now) for t in self._order}
         return {"seconds": now, "seed": self.seed, "tenants": tenants,
@@ -622,7 +643,7 @@ class SimHost:
             raise ValueError(f"{tenant} is not an inference tenant")
         return np.asarray(t.ttft_t), np.asarray(t.ttft_s) * 1e3
 
-    def timeline(self) -> dict[str, object]:
+    def timeline(self) -> dict[str, Any]:
         """Per-second p99 TTFT (ms) of each latency tenant, None for seconds without requests."""
         seconds = math.ceil(self.loop.now)
         series = {t.name: t.window_p99_ms(seconds) for t in self._order

@@ -20,7 +20,7 @@ import numpy as np
 from gpuguardd.model.actions import IoLimit
 from gpuguardd.model.llm import LlmArch, builtin
 from gpuguardd.model.snapshot import Placement
-from gpuguardd.sim.calibration import GpuCalibration, decode_step_s, prefill_s
+from gpuguardd.sim.calibration import GpuCalibration, ModelCost, decode_step_s, prefill_s
 from gpuguardd.sim.events import EventLoop
 from gpuguardd.sim.fabric import INF, Flow
 from gpuguardd.sim.traces import Trace
@@ -308,6 +308,7 @@ class Inference(Tenant):
                  rng: np.random.Generator) -> None:
         super().__init__(spec, placement, env, rng)
         self.arch: LlmArch = builtin(spec.model)
+        self.cost = ModelCost.of(self.arch)
         self.stream = ArrivalStream(spec, rng)
         self.queue: deque[tuple[float, float, int, int, int]] = deque()  # ready, arrival, p, o, c
         self.busy = False
@@ -332,12 +333,12 @@ class Inference(Tenant):
         s = self.spec
         ctx = s.prompt_tokens + s.output_tokens
         # weights plus room for a handful of sequences: what the engine needs to start
-        return int(self.arch.weight_bytes + 4 * ctx * self.arch.kv_bytes_per_token)
+        return int(self.cost.weight_bytes + 4 * ctx * self.cost.kv_bytes_per_token)
 
     def _kv_budget_tokens(self) -> int:
         """KV tokens that fit next to the weights (what vLLM's block manager can hand out)."""
-        free = self.env_memory() - self.arch.weight_bytes
-        return max(0, int(free // self.arch.kv_bytes_per_token))
+        free = self.env_memory() - self.cost.weight_bytes
+        return max(0, int(free // self.cost.kv_bytes_per_token))
 
     def env_memory(self) -> int:
         mem = self.env.placement_memory_bytes(self)
@@ -440,7 +441,7 @@ class Inference(Tenant):
             # admission waits for running sequences to finish and free their KV blocks
             self._sleep_until(dec[0][0])
             return
-        kvb = self.arch.kv_bytes_per_token if s.kv_offload else 0
+        kvb = self.cost.kv_bytes_per_token if s.kv_offload else 0
         batch: list[tuple[float, float, int, int, int]] = []
         tokens = 0
         nbytes = 0.0
@@ -470,11 +471,13 @@ class Inference(Tenant):
         s = self.spec
         cal = self.env.calibration(self)
         frac = self.env.sm_fraction(self)
-        dur = 0.0
+        cost = self.cost
+        flops = 0.0
         for _, _, p, _, c in self.batch:
             cached = c if s.kv_offload else 0
-            dur += prefill_s(self.arch, cal, p - cached, cached, frac, 0.0)
-        dur += self.arch.num_layers * self.env.layer_overhead_s
+            flops += cost.prefill_flops(p - cached, cached)
+        # one iteration for the whole batch: the per-layer overhead is paid once
+        dur = flops / (cal.flops_eff * frac) + cost.layers * self.env.layer_overhead_s
         # run-to-run jitter of kernel times (clocks, scheduling): lognormal, ~3 %
         dur *= math.exp(self.rng.normal(0.0, 0.03))
         self.env.note_busy(self, dur, frac, 0.0)
@@ -499,7 +502,7 @@ class Inference(Tenant):
         n = len(dec) + len(batch)
         ctx_new = sum(p + o // 2 for _, _, p, o, _ in batch)
         ctx = (self.kv_tokens + ctx_new) / n  # mean context of the running sequences
-        step = decode_step_s(self.arch, cal, n, ctx, hbm, self.env.layer_overhead_s)
+        step = decode_step_s(self.cost, cal, n, ctx, hbm, self.env.layer_overhead_s)
         tpot = step * (1.0 + self.rho)
         self.kv_tokens += ctx_new
         for _, arr, p, o, _ in batch:
@@ -512,7 +515,7 @@ class Inference(Tenant):
             heapq.heappush(dec, (t + o * tpot, p + o // 2))
             self.tx_bytes += 4.0 * o  # generated token ids back to the host
         total_out = sum(o for _, _, _, o, _ in batch)
-        per_token_bytes = self.arch.weight_bytes / n + ctx * self.arch.kv_bytes_per_token
+        per_token_bytes = self.cost.weight_bytes / n + ctx * self.cost.kv_bytes_per_token
         self.env.note_busy(self, total_out * tpot / n, hbm, total_out * per_token_bytes)
         self._kick(t)
 
