@@ -20,7 +20,7 @@ import numpy as np
 from gpuguardd.model.actions import IoLimit
 from gpuguardd.model.llm import LlmArch, builtin
 from gpuguardd.model.snapshot import Placement
-from gpuguardd.sim.calibration import GpuCalibration, ModelCost, decode_step_s, prefill_s
+from gpuguardd.sim.calibration import GpuCalibration, ModelCost, decode_step_s
 from gpuguardd.sim.events import EventLoop
 from gpuguardd.sim.fabric import INF, Flow
 from gpuguardd.sim.traces import Trace

@@ -14,7 +14,8 @@ from gpuguardd.sim import calibration
 from gpuguardd.sim.calibration import ModelCost, decode_step_s, derive, prefill_s
 from gpuguardd.sim.scenario import loads
 
-PERF = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "splitwise" / "perf_model.csv"
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+PERF = SHARED / "splitwise" / "perf_model.csv"
 
 ONE_A100_80 = """<system version="1">
   <cpu numaid="0" affinity="ffffffff">
