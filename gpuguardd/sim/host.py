@@ -356,11 +356,12 @@ class SimHost:
             d.advance(now)
         dt = now - self._obs_t
         self._obs_t = now
+        busy = self._busy_deltas()
         return Snapshot(
             now=now,
             topology=self.topology(),
-            gpus=self._gpu_samples(dt),
-            instances=self._instance_samples(dt),
+            gpus=self._gpu_samples(dt, busy),
+            instances=self._instance_samples(dt, busy),
             tenants={t.name: self._tenant_sample(t) for t in self._order},
             host=self._host_signals(now),
             busy_gpus=frozenset(g for g, until in self.reconfig_until.items() if until > now),
@@ -373,7 +374,17 @@ class SimHost:
                 out[k] = out.get(k, 0.0) + v
         return out
 
-    def _gpu_samples(self, dt: float) -> tuple[GpuSample, ...]:
+    def _busy_deltas(self) -> dict[tuple[int, int | None], list[float]]:
+        """Kernel seconds, SM-fraction seconds and HBM bytes per placement since last look."""
+        out: dict[tuple[int, int | None], list[float]] = {}
+        for key, acc in self._busy.items():
+            seen = self._busy_seen.setdefault(key, [0.0, 0.0, 0.0])
+            out[key] = [a - s for a, s in zip(acc, seen, strict=True)]
+            seen[:] = acc
+        return out
+
+    def _gpu_samples(self, dt: float, deltas: Mapping[tuple[int, int | None], list[float]],
+                     ) -> tuple[GpuSample, ...]:
         booked = self._booked()
         tx: dict[int, float] = {}
         for t in self._order:
@@ -387,13 +398,10 @@ class SimHost:
             # NVML byte counters: exact in hardware, sampled a little off the tick boundary
             self._rx_noisy[g] += inc * max(0.0, 1.0 + float(self._noise.normal(0.0, 0.005)))
             busy = [0.0, 0.0, 0.0]
-            for key, acc in self._busy.items():
-                if key[0] != g:
-                    continue
-                seen = self._busy_seen.setdefault(key, [0.0, 0.0, 0.0])
-                for i in range(3):
-                    busy[i] += acc[i] - seen[i]
-                    seen[i] = acc[i]
+            for key, d in deltas.items():
+                if key[0] == g:
+                    for i in range(3):
+                        busy[i] += d[i]
             sm_act = min(1.0, busy[1] / dt) if dt > 0 else 0.0
             power = ms.model.idle_w + (ms.model.tdp_w - ms.model.idle_w) * sm_act
             if ms.enabled:
@@ -413,7 +421,8 @@ class SimHost:
     def _noisy01(self, x: float) -> float:
         return min(1.0, max(0.0, x + float(self._noise.normal(0.0, 0.01))))
 
-    def _instance_samples(self, dt: float) -> tuple[InstanceSample, ...]:
+    def _instance_samples(self, dt: float, deltas: Mapping[tuple[int, int | None], list[float]],
+                          ) -> tuple[InstanceSample, ...]:
         """GPM samples: Hopper and later only, per MIG instance."""
         out: list[InstanceSample] = []
         booked = self._booked()
@@ -421,15 +430,11 @@ class SimHost:
             if not (ms.enabled and ms.model.gpm) or dt <= 0:
                 continue
             for inst in ms.instances:
-                key = (g, inst.gi_id)
-                acc = self._busy.get(key, [0.0, 0.0, 0.0])
-                seen = self._busy_seen.setdefault(key, [0.0, 0.0, 0.0])
+                d = deltas.get((g, inst.gi_id), [0.0, 0.0, 0.0])
                 frac = ms.sm_count(inst.gi_id) / ms.model.sm_count
                 hbm = ms.model.hbm_bps * ms.memory_slices(inst.gi_id) / 8
-                sm = (acc[1] - seen[1]) / dt / frac
-                dram = (acc[2] - seen[2]) / (hbm * dt)
-                for i in range(3):
-                    seen[i] = acc[i]
+                sm = d[1] / dt / frac
+                dram = d[2] / (hbm * dt)
                 acct = self._acct(Placement(g, inst.gi_id))
                 rx = booked.get(acct, 0.0)
                 rate = (rx - self._acct_seen.get(acct, 0.0)) / dt

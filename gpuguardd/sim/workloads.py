@@ -516,7 +516,8 @@ class Inference(Tenant):
             self.tx_bytes += 4.0 * o  # generated token ids back to the host
         total_out = sum(o for _, _, _, o, _ in batch)
         per_token_bytes = self.cost.weight_bytes / n + ctx * self.cost.kv_bytes_per_token
-        self.env.note_busy(self, total_out * tpot / n, hbm, total_out * per_token_bytes)
+        self.env.note_busy(self, total_out * tpot / n, self.env.sm_fraction(self),
+                           total_out * per_token_bytes)
         self._kick(t)
 
     def drain_completed(self, now: float) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from hypothesis import given, settings
@@ -119,8 +120,12 @@ def _finish_time(capacity: float, size: float, others: list[tuple[float, float, 
     loop = EventLoop()
     dom = FluidDomain([capacity], loop.schedule)
     done: list[float] = []
+
+    def starter(size: float, weight: float) -> Callable[[float], None]:
+        return lambda t: None if dom.add(t, Flow((0,), size, weight)) else None
+
     for start, osize, weight in others:
-        loop.schedule(start, lambda t, s=osize, w=weight: dom.add(t, Flow((0,), s, w)))
+        loop.schedule(start, starter(osize, weight))
     dom.add(0.0, Flow((0,), size, 1.0, on_done=done.append))
     loop.run_until(1e6)
     return done[0]
