@@ -79,7 +79,7 @@ tree_st = st.tuples(
 def _tree(links: list[float], uplink: float, flows: list[tuple[int, float, float]],
           ) -> tuple[list[tuple[int, ...]], list[float], list[float], list[float]]:
     k = len(links)
-    paths = [(g % k, k) for g, _, _ in flows]
+    paths: list[tuple[int, ...]] = [(g % k, k) for g, _, _ in flows]
     return paths, [*links, uplink], [w for _, w, _ in flows], [c for _, _, c in flows]
 
 
@@ -122,7 +122,9 @@ def _finish_time(capacity: float, size: float, others: list[tuple[float, float, 
     done: list[float] = []
 
     def starter(size: float, weight: float) -> Callable[[float], None]:
-        return lambda t: None if dom.add(t, Flow((0,), size, weight)) else None
+        def start(t: float) -> None:
+            dom.add(t, Flow((0,), size, weight))
+        return start
 
     for start, osize, weight in others:
         loop.schedule(start, starter(osize, weight))
