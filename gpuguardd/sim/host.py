@@ -19,7 +19,7 @@ import numpy as np
 
 from gpuguardd.host.protocol import LeverError
 from gpuguardd.model.actions import IoLimit
-from gpuguardd.model.sketch import FrozenSketch
+from gpuguardd.model.sketch import ALPHA, MAX_BUCKETS, MIN_VALUE, FrozenSketch
 from gpuguardd.model.snapshot import (
     GpuSample,
     HostSignals,
@@ -49,6 +49,23 @@ TIMER_HZ = 250.0
 IRQ_CPUS_PER_DISK = 4
 
 MPS_ENV = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
+
+_LOG_GAMMA = float(np.log((1 + ALPHA) / (1 - ALPHA)))
+
+
+def _sketch(xs: list[float]) -> FrozenSketch:
+    """``FrozenSketch.of(xs)`` computed with numpy (the same bucket keys, ceil(log_gamma x)):
+    a tick's window holds up to thousands of samples per tenant."""
+    if len(xs) < 32:
+        return FrozenSketch.of(xs)
+    a = np.asarray(xs, dtype=np.float64)
+    a = a[np.isfinite(a) & (a >= 0)]
+    keys = np.ceil(np.log(np.maximum(a, MIN_VALUE)) / _LOG_GAMMA).astype(np.int64)
+    uniq, counts = np.unique(keys, return_counts=True)
+    if uniq.size > MAX_BUCKETS:
+        return FrozenSketch.of(xs)
+    items = tuple(zip(uniq.tolist(), counts.tolist(), strict=True))
+    return FrozenSketch(items, int(a.size), float(a.sum()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +123,11 @@ class SimHost:
         self._closed = False
         self._build_fabric()
         seq = np.random.SeedSequence(seed)
-        kids = seq.spawn(len(tenants) + 2)
+        kids = seq.spawn(len(tenants) + 1)
         self._noise = np.random.default_rng(kids[0])
-        self._host_rng = np.random.default_rng(kids[1])
+        self._gpu_numa = {g.index: g.numa_node for g in spec.topology.gpus}
         self.tenants: dict[str, Tenant] = {}
-        for ts, kid in zip(tenants, kids[2:], strict=True):
+        for ts, kid in zip(tenants, kids[1:], strict=True):
             self.tenants[ts.name] = self._make_tenant(ts, np.random.default_rng(kid))
         self._order = list(self.tenants.values())
         self._pending: dict[str, _Pending] = {}
@@ -297,11 +314,13 @@ class SimHost:
                 total += f.rate
         return total
 
-    def host_delay_s(self, tenant: Tenant) -> float:
+    def host_delay_s(self, tenant: Tenant, unit_exp: float) -> float:
+        """Tokenisation and scheduling: ``host_delay_ms`` plus an exponential tail whose mean
+        (a third of the base) grows with the block I/O on the tenant's NUMA node."""
         base = tenant.spec.host_delay_ms / 1e3
-        node = self.spec.topology.gpu(tenant.placement.gpu).numa_node
+        node = self._gpu_numa[tenant.placement.gpu]
         extra = HOST_DELAY_S_PER_GBPS * self._numa_io_bps(node) / 1e9
-        return base + float(self._host_rng.exponential(base / 3 + extra)) if base > 0 else extra
+        return base + unit_exp * (base / 3 + extra)
 
     def placement_memory_bytes(self, tenant: Tenant) -> int:
         p = tenant.placement
@@ -452,7 +471,7 @@ class SimHost:
         io: tuple[IoCounters, ...] = ()
         if isinstance(t, Inference):
             ttft, tpot = t.take_window()
-            latency = LatencyWindow(FrozenSketch.of(ttft), FrozenSketch.of(tpot))
+            latency = LatencyWindow(_sketch(ttft), _sketch(tpot))
             work = float(t.drain_completed(self.loop.now))
             running = t.up
         else:

@@ -349,3 +349,13 @@ def test_closed_host_refuses_to_observe() -> None:
     host.close()
     with pytest.raises(RuntimeError, match="closed"):
         host.observe(1.0)
+
+
+def test_vectorised_window_sketch_equals_the_model_sketch() -> None:
+    from gpuguardd.sim.host import _sketch
+
+    rng = np.random.default_rng(5)
+    for xs in (rng.lognormal(-4.5, 0.6, 5000).tolist(), [0.0, 1e-9, *[0.01] * 40, 2.5]):
+        fast, ref = _sketch(xs), FrozenSketch.of(xs)
+        assert fast.items == ref.items and fast.count == ref.count
+        assert fast.total == pytest.approx(ref.total)
