@@ -138,6 +138,13 @@ class PolicyConfig:
         "it its bandwidth back (0 = never), seconds",
         lo=0.0,
     )
+    restart_outage_s: float = _f(
+        40.0,
+        "expected outage of restarting a protected tenant (drain, MIG reconfiguration, "
+        "restart): it is resized or moved only once more of its requests have missed the SLO "
+        "than this outage would delay (ski rental), seconds",
+        lo=0.0,
+    )
     lever_memory_s: float = _f(
         900.0, "a lever whose trial failed is not retried for the same victim for this long, s",
         lo=0.0,

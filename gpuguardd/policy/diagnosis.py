@@ -205,8 +205,13 @@ def diagnose(
     protected: frozenset[str],
     recent: int,
     window_s: float,
+    moved_at: Mapping[str, float] | None = None,
 ) -> Diagnosis:
-    """Rank every topologically plausible (neighbour, channel) by pressure x correlation."""
+    """Rank every topologically plausible (neighbour, channel) by pressure x correlation.
+
+    A tenant's history before its last placement change describes another neighbourhood: each
+    candidate is judged only on the ticks since both it and the victim last moved.
+    """
     vt = snapshot.tenants.get(victim)
     if vt is None or vt.placement is None or not history:
         return Diagnosis("unknown", ())
@@ -217,6 +222,7 @@ def diagnose(
     except KeyError:
         return Diagnosis("unknown", ())
     link = link_bps(topo, vp.gpu)
+    moves = moved_at or {}
     found: list[Suspect] = []
 
     def add(
@@ -228,7 +234,10 @@ def diagnose(
         cap: float,
         weight: float = 1.0,
     ) -> None:
-        c = _candidate(victim, history, signal, cap, recent, window_s)
+        since = max(moves.get(victim, -math.inf),
+                    moves.get(tenant, -math.inf) if tenant is not None else -math.inf)
+        hist = history if since == -math.inf else [h for h in history if h.at > since]
+        c = _candidate(victim, hist, signal, cap, recent, window_s)
         if c is None:
             return
         value, pressure, r = c
@@ -361,17 +370,3 @@ def _irq_excess(numa: int, median: float) -> Signal:
 def _irq_median(history: Sequence[TickRates], numa: int) -> float:
     vals = sorted(h.irq_numa[numa] for h in history if numa in h.irq_numa)
     return max(vals[len(vals) // 2], IRQ_FLOOR) if vals else IRQ_FLOOR
-
-
-def neighbours(snapshot: Snapshot, victim: str) -> Mapping[str, str]:
-    """Tenants sharing a resource with ``victim`` and what they share (for explanations)."""
-    vt = snapshot.tenants.get(victim)
-    if vt is None or vt.placement is None:
-        return {}
-    out: dict[str, str] = {}
-    for o in snapshot.tenants.values():
-        if o.name != victim and o.placement is not None:
-            rel = _relation(snapshot.topology, vt.placement, o.placement)
-            if rel is not None:
-                out[o.name] = rel[1]
-    return out

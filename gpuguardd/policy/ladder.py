@@ -62,7 +62,7 @@ from gpuguardd.policy.state import (
     Trial,
     Victim,
 )
-from gpuguardd.policy.window import TailReading, Verdict, read_tail
+from gpuguardd.policy.window import TailReading, Verdict, count_above, read_tail
 
 #: levers each policy may use
 POLICY_LEVELS: Mapping[str, frozenset[int]] = {
@@ -89,6 +89,8 @@ DEVICE_SHARE = 0.1
 SUSPECT_BAND = 0.5
 #: a trial that cannot be judged (window unknown) for this many eval periods is kept as is
 TRIAL_PATIENCE = 3
+#: the victim's count of requests that missed the SLO halves over this time (ski rental)
+DAMAGE_HALF_LIFE_S = 3600.0
 #: a throttle binds when the suspect runs at this fraction of its cap or more
 BINDING = 0.7
 #: the longest a victim's calm dwell grows after de-escalations that had to be reverted
@@ -154,6 +156,8 @@ class _Tick:
         self.readings: dict[str, TailReading] = {}
         self.history: tuple[TickRates, ...] = state.history
         self.levels_before = {v: state.level_of(v) for v in state.victims}
+        self.placements: dict[str, str] = dict(state.placements)
+        self.moved_at: dict[str, float] = dict(state.moved_at)
 
     # -- helpers ---------------------------------------------------------------------------
     def emit(self, action: Action, reason: str) -> None:
@@ -188,6 +192,11 @@ class _Tick:
     # -- the pass --------------------------------------------------------------------------
     def run(self) -> None:
         ratios: dict[str, float] = {}
+        for sample in self.snap.tenants.values():
+            where = str(sample.placement)
+            if self.placements.get(sample.name, where) != where:
+                self.moved_at[sample.name] = self.now
+            self.placements[sample.name] = where
         for name in sorted(self.protected):
             t = self.snap.tenants.get(name)
             v = self.victims.get(name, Victim())
@@ -195,6 +204,12 @@ class _Tick:
                 continue
             window = v.window.push(self.now, t.latency, self.pc.window_s)
             ttft_slo, tpot_slo = _slo_s(self.cfg.tenant(name))
+            missed = 0
+            if t.latency.ok:
+                missed = max(count_above(t.latency.ttft, ttft_slo) if ttft_slo else 0,
+                             count_above(t.latency.tpot, tpot_slo) if tpot_slo else 0)
+            dt = self.now - self.s.now if math.isfinite(self.s.now) else 0.0
+            v = replace(v, damage=v.damage * 0.5 ** (max(dt, 0.0) / DAMAGE_HALF_LIFE_S) + missed)
             reading = read_tail(
                 window,
                 source_ok=t.latency.ok,
@@ -315,6 +330,27 @@ class _Tick:
                         [(action, lever, mv.why + "; then lift its throttle")], head)
             return True
         return False
+
+    def _rental(self, name: str) -> str | None:
+        """None when disrupting the victim pays off, else why not (ski rental).
+
+        Restarting the victim (a resize or a move) delays every request of the outage:
+        ``restart_outage_s x request rate``. Keep suffering (renting) until more requests
+        have missed the SLO than that (the price of buying), then act: never worse than twice
+        the better of the two choices in hindsight, without knowing how long the
+        interference will last.
+        """
+        v = self.victims[name]
+        ticks = v.window.ticks
+        if not ticks:
+            return "rate unknown"
+        span = max(self.pc.window_s, 1e-9)
+        rate = sum(max(tk.ttft.count, tk.tpot.count) for tk in ticks) / span
+        price = self.pc.restart_outage_s * rate
+        if v.damage >= price:
+            return None
+        return (f"{v.damage:.0f} requests missed the SLO < outage cost "
+                f"{self.pc.restart_outage_s:.0f} s x {rate:.1f} rps = {price:.0f} (ski rental)")
 
     def _trial_just_failed(self, v: Victim) -> bool:
         return any(t == self.now for t in v.failed.values())
@@ -445,6 +481,7 @@ class _Tick:
             protected=self.protected,
             recent=self.pc.violation_windows,
             window_s=self.pc.window_s,
+            moved_at=self.moved_at,
         )
         head = f"{head}; {diag.describe()}"
         tried: list[str] = []
@@ -642,6 +679,7 @@ class _Tick:
             blocked_gpus=self.busy_gpus(),
             taken=taken,
             failed=lambda label: label in v.failed,
+            victim_block=self._rental(victim),
         )
         if isinstance(mv, str):
             return mv
@@ -666,6 +704,9 @@ class _Tick:
         label = f"MIG resize {victim}"
         if label in v.failed:
             return f"MIG resize: growing {victim} failed its trial recently"
+        rental = self._rental(victim)
+        if rental is not None:
+            return f"MIG resize: not yet, {rental}"
         if gpu.index in self.busy_gpus():
             return f"MIG resize: GPU {gpu.index} is busy"
         used = sum(1 for g, _ in self.mig_log if g == gpu.index)
@@ -693,7 +734,9 @@ class _Tick:
     def _relax(self, name: str, reading: TailReading) -> None:
         """One step down: relax this victim's throttles one step (releasing those that reach
         the suspect's demand), else retire its highest lever. The step is itself on trial."""
-        levers = self.owned(name)
+        levers = [lv for lv in self.owned(name) if lv.level < LEVEL_PLACE]
+        if not levers:
+            return  # a move or a resize stays: it is the new baseline, not a temporary lever
         top_level = max(lv.level for lv in levers)
         v = self.victims[name]
         calm = self.now - (v.calm_since if v.calm_since is not None else self.now)
@@ -796,6 +839,8 @@ class _Tick:
             pending=self.pending,
             now=self.now,
             level_changes=changes,
+            placements=self.placements,
+            moved_at=self.moved_at,
         )
         return state, Decision(tuple(self.actions), tuple(self.reasons))
 

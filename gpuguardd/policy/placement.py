@@ -14,7 +14,8 @@ last few ticks, each term normalised to 0..~1):
 
 A move must also *separate* the two parties on the blamed resource (different switch and root
 for pcie, different GPU/instance for compute/membw, different NUMA node for io/host); a
-victim's own move must cut its penalty by at least ``MIN_GAIN``.
+victim's own move must cut its penalty by at least ``MIN_GAIN``, and the caller may hold the
+victim back (``victim_block``: its restart would cost more than it saves).
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ def plan_move(
     blocked_gpus: frozenset[int],
     taken: set[str],
     failed: Callable[[str], bool],
+    victim_block: str | None = None,
 ) -> Move | str:
     """The best move that separates the victim from its blamed neighbour, or why there is none.
 
@@ -201,6 +203,9 @@ def plan_move(
                     f"off {s.relation} with {victim})")
     if not may_restart(victim):
         why.append(f"{victim} is not restartable")
+        return "placement: " + "; ".join(why)
+    if victim_block is not None:
+        why.append(f"not moving {victim} yet: {victim_block}")
         return "placement: " + "; ".join(why)
     if failed(f"place {victim}"):
         why.append(f"moving {victim} failed its trial recently")

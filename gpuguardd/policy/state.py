@@ -91,6 +91,8 @@ class Victim:
     last_reason: str = ""
     #: multiplies recovery_dwell_s; doubled each time a de-escalation had to be reverted
     relax_backoff: float = 1.0
+    #: requests that missed the SLO, decaying with a half-life of DAMAGE_HALF_LIFE_S
+    damage: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,9 @@ class LadderState:
     now: float = float("-inf")
     #: per tenant, count of level changes (for the per-hour flapping check)
     level_changes: Mapping[str, int] = field(default_factory=dict)
+    #: tenant -> its placement last tick, and when that placement last changed
+    placements: Mapping[str, str] = field(default_factory=dict)
+    moved_at: Mapping[str, float] = field(default_factory=dict)
 
     @staticmethod
     def initial(config: Config) -> LadderState:

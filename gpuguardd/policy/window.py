@@ -133,3 +133,19 @@ def read_tail(
     else:
         verdict = Verdict.DEADBAND
     return TailReading(q_ttft, q_tpot, verdict, ratio, metric, p99, slo)
+
+
+def count_above(sketch: FrozenSketch, x: float) -> int:
+    """How many samples exceed ``x`` (within the sketch's relative accuracy)."""
+    n = sketch.count
+    if n == 0:
+        return 0
+    lo, hi = 1, n + 1  # smallest rank whose value exceeds x, n + 1 when none does
+    while lo < hi:
+        mid = (lo + hi) // 2
+        v = sketch.quantile((mid - 0.5) / n)
+        if v is not None and v > x:
+            hi = mid
+        else:
+            lo = mid + 1
+    return n - lo + 1
