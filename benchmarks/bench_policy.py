@@ -35,15 +35,19 @@ def main() -> None:
     ap.add_argument("--policies", default="static,guards,placement,mig,full")
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--trace", action="store_true", help="print every decision of the last run")
+    ap.add_argument("--knob", action="append", default=[],
+                    help="policy knob override, e.g. --knob restart_outage_s=0")
     args = ap.parse_args()
     seeds = _seeds(args.seeds)
+    knobs = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.knob)}
     rows: dict[str, dict[str, list[float]]] = {}
     base_tp: dict[tuple[int, str], float] = {}
     for policy in args.policies.split(","):
         acc: dict[str, list[float]] = {}
         for seed in seeds:
             t0 = time.perf_counter()
-            r = run(args.scenario, policy, seed, seconds=args.seconds)
+            r = run(args.scenario, policy, seed, seconds=args.seconds,
+                    knobs=knobs if policy != "static" else None)
             wall = time.perf_counter() - t0
             hours = float(r.results["seconds"]) / 3600.0
             tenants = r.results["tenants"]

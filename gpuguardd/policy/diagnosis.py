@@ -26,6 +26,12 @@ from gpuguardd.policy.signals import TickRates
 
 #: a candidate below this pressure is noise, whatever its correlation
 MIN_PRESSURE = 0.02
+#: below this score a tenant is named in the explanation but not acted on: it could account
+#: for at most a few percent of the shared link, or its correlation argues against it
+MIN_SCORE = 0.05
+#: a signal the victim itself contributes to (a shared SM pool's activity) blames a neighbour
+#: only with at least this correlation
+AMBIGUOUS_R = 0.5
 #: fewer paired points than this give no correlation
 MIN_POINTS = 5
 #: named suspects beat anonymous load of the same resource at equal evidence
@@ -73,7 +79,8 @@ class Diagnosis:
 
     @property
     def named(self) -> tuple[Suspect, ...]:
-        return tuple(s for s in self.suspects if s.tenant is not None)
+        """Tenants with enough evidence to act on (score >= MIN_SCORE), best first."""
+        return tuple(s for s in self.suspects if s.tenant is not None and s.score >= MIN_SCORE)
 
     def describe(self) -> str:
         if not self.suspects:
@@ -233,6 +240,7 @@ def diagnose(
         signal: Signal,
         cap: float,
         weight: float = 1.0,
+        need_r: float | None = None,
     ) -> None:
         since = max(moves.get(victim, -math.inf),
                     moves.get(tenant, -math.inf) if tenant is not None else -math.inf)
@@ -241,7 +249,7 @@ def diagnose(
         if c is None:
             return
         value, pressure, r = c
-        if pressure < MIN_PRESSURE:
+        if pressure < MIN_PRESSURE or (need_r is not None and (r is None or r < need_r)):
             return
         score = weight * pressure * (1.0 + (r if r is not None else 0.0)) / 2.0
         if tenant is None:
@@ -285,9 +293,11 @@ def diagnose(
             if named:
                 add(o.name, "pcie", "PCIe", text, _inst_pcie_signal(ik), link)
         elif kind == "instance" and named:
+            # the pool's SM/DRAM activity includes the victim's own: only co-variation with the
+            # victim's tail can pin it on the neighbour
             sig_sm, sig_dram = _compute_signals(op)
-            add(o.name, "compute", "SM", text, sig_sm, 1.0)
-            add(o.name, "membw", "DRAM", text, sig_dram, 1.0)
+            add(o.name, "compute", "SM", text, sig_sm, 1.0, need_r=AMBIGUOUS_R)
+            add(o.name, "membw", "DRAM", text, sig_dram, 1.0, need_r=AMBIGUOUS_R)
     if anon_pcie_gpus:
         gpus = tuple(sorted(set(anon_pcie_gpus)))
         sw = topo.gpu(vp.gpu).switch or topo.gpu(vp.gpu).root

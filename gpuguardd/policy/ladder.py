@@ -93,6 +93,8 @@ TRIAL_PATIENCE = 3
 DAMAGE_HALF_LIFE_S = 3600.0
 #: a throttle binds when the suspect runs at this fraction of its cap or more
 BINDING = 0.7
+#: a relaxed suspect used its new headroom when it ran above this multiple of its old cap
+HEADROOM = 1.05
 #: the longest a victim's calm dwell grows after de-escalations that had to be reverted
 RELAX_BACKOFF_MAX = 8.0
 #: a disruptive action not seen completed after this long no longer blocks its GPUs, seconds
@@ -252,15 +254,16 @@ class _Tick:
 
     def _step(self, name: str, reading: TailReading) -> None:
         v = self.victims[name]
-        streak, calm_since, total = v.streak, v.calm_since, v.violations_total
+        streak, calm_s, total = v.streak, v.calm_s, v.violations_total
+        dt = self.now - self.s.now if math.isfinite(self.s.now) else 0.0
         if reading.verdict is Verdict.VIOLATING:
-            streak, calm_since, total = streak + 1, None, total + 1
+            streak, calm_s, total = streak + 1, 0.0, total + 1
         elif reading.verdict is Verdict.CALM:
-            streak, calm_since = 0, calm_since if calm_since is not None else self.now
+            streak, calm_s = 0, calm_s + max(dt, 0.0)
         elif reading.verdict is Verdict.DEADBAND:
-            streak, calm_since = 0, None
+            streak = 0  # dead-band: hold, neither calm nor violating
         failed = {k: t for k, t in v.failed.items() if self.now - t < self.pc.lever_memory_s}
-        v = replace(v, streak=streak, calm_since=calm_since, violations_total=total, failed=failed)
+        v = replace(v, streak=streak, calm_s=calm_s, violations_total=total, failed=failed)
         self.victims[name] = v
         if v.trial is not None:
             v = self._judge(name, v, reading)
@@ -277,8 +280,7 @@ class _Tick:
         elif dwell_ok and reading.verdict is not Verdict.UNKNOWN and self._cure(name, reading):
             pass
         elif (
-            calm_since is not None
-            and self.now - calm_since >= self.pc.recovery_dwell_s * v.relax_backoff
+            calm_s >= self.pc.recovery_dwell_s * v.relax_backoff
             and self.level_of(name) > 0
             and dwell_ok
         ):
@@ -373,9 +375,9 @@ class _Tick:
         if trial.kind == "relax":
             return self._judge_relax(name, v, trial)
         moving = {lv.target for k in trial.keys for lv in (self.levers.get(k),)
-                  if lv is not None and lv.level >= LEVEL_PLACE}
+                  if lv is not None and lv.level >= LEVEL_MPS}
         if moving & set(self.pending):
-            # a move or resize is judged from when it completed, not from when it was asked
+            # a restart, move or resize is judged from when it completed, not when it was asked
             return replace(v, trial=replace(trial, started_at=self.now))
         if self.now < trial.started_at + self.pc.eval_period_s:
             return v
@@ -411,6 +413,10 @@ class _Tick:
 
     def _judge_relax(self, name: str, v: Victim, trial: Trial) -> Victim:
         """A de-escalation step is reverted as soon as the violation is back (Y windows)."""
+        if v.streak >= self.pc.violation_windows and not self._used_headroom(trial):
+            self._note(name, f"{name}: violation after {trial.label}, but no relaxed suspect "
+                             "used the headroom it got: not the relaxation's doing")
+            return replace(self.victims[name], trial=None)
         if v.streak >= self.pc.violation_windows:
             backoff = min(v.relax_backoff * 2.0, RELAX_BACKOFF_MAX)
             why = (f"{name}: tail back after {trial.label} ({v.streak} violating windows); "
@@ -423,6 +429,18 @@ class _Tick:
             return v
         backoff = 1.0 if self.level_of(name) == 0 else v.relax_backoff
         return replace(v, trial=None, relax_backoff=backoff)
+
+    def _used_headroom(self, trial: Trial) -> bool:
+        """Did any relaxed throttle's suspect run above its old cap (or was an MPS limit or
+        another lever lifted, whose effect cannot be read from a rate)?"""
+        for old in trial.undo:
+            if old.level != LEVEL_IO:
+                return True
+            r_bps, w_bps = self.rate(old.target, old.device)
+            if (old.cap_r_bps is not None and r_bps > HEADROOM * old.cap_r_bps) or (
+                    old.cap_w_bps is not None and w_bps > HEADROOM * old.cap_w_bps):
+                return True
+        return False
 
     def _restore(self, trial: Trial, why: str) -> None:
         """Put the trial's keys back as they were before it."""
@@ -523,7 +541,13 @@ class _Tick:
         for action, lever, detail in steps:
             self.emit(action, f"{head}; {detail}")
             keys.append(action.key)
-            if isinstance(action, Migrate):
+            if isinstance(action, MpsLimit) and action.pct is not None:
+                t = self.snap.tenants.get(action.tenant)
+                if t is not None and t.placement is not None:
+                    # applied through a restart: judged once the suspect runs again
+                    self.pending[action.tenant] = Pending(
+                        action.tenant, frozenset({t.placement.gpu}), self.now, to=t.placement)
+            elif isinstance(action, Migrate):
                 self.pending[action.tenant] = Pending(
                     action.tenant, frozenset({action.source.gpu, action.to.gpu}), self.now,
                     to=action.to)
@@ -739,8 +763,7 @@ class _Tick:
             return  # a move or a resize stays: it is the new baseline, not a temporary lever
         top_level = max(lv.level for lv in levers)
         v = self.victims[name]
-        calm = self.now - (v.calm_since if v.calm_since is not None else self.now)
-        head = f"{self._head(name, reading)}, calm for {calm:.0f} s"
+        head = f"{self._head(name, reading)}, calm for {v.calm_s:.0f} s"
         top = [lv for lv in levers if lv.level == top_level]
         touched: list[Lever] = []
         for lv in top:
@@ -769,7 +792,7 @@ class _Tick:
         label = f"relax {LEVEL_NAMES[top_level]}"
         trial = Trial(label, tuple(lv.key for lv in touched), top_level, self.now, self.now,
                       reading.p99_s, reading.metric, kind="relax", undo=tuple(touched))
-        self.victims[name] = replace(self.victims[name], calm_since=self.now, trial=trial)
+        self.victims[name] = replace(self.victims[name], calm_s=0.0, trial=trial)
         self._note(name, f"{head}; {label} one step")
 
     # -- renewals --------------------------------------------------------------------------

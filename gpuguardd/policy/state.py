@@ -84,7 +84,8 @@ class Victim:
     window: TailWindow = field(default_factory=TailWindow)
     streak: int = 0
     violations_total: int = 0
-    calm_since: float | None = None
+    #: seconds of calm windows since the last violation (dead-band and unknown windows hold it)
+    calm_s: float = 0.0
     level_since: float = float("-inf")
     trial: Trial | None = None
     failed: Mapping[str, float] = field(default_factory=dict)

@@ -19,8 +19,8 @@ from gpuguardd.model.actions import (
     IoLimit,
     IoRelease,
     IoThrottle,
-    MigResize,
     Migrate,
+    MigResize,
     MpsLimit,
     Outcome,
     Result,
@@ -157,7 +157,7 @@ def run(
     ex = MiniExecutor(host)
     state = LadderState.initial(cfg)
     trace: list[tuple[float, Decision]] = []
-    steps = int(round(sc.seconds / interval_s))
+    steps = round(sc.seconds / interval_s)
     for i in range(1, steps + 1):
         now = i * interval_s
         snap = host.observe(now)
