@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-from tests.policy.simloop import run  # noqa: E402
+from tests.policy.simloop import run
 
 
 def _seeds(text: str) -> list[int]:
