@@ -138,6 +138,15 @@ class PolicyConfig:
         "it its bandwidth back (0 = never), seconds",
         lo=0.0,
     )
+    significance: float = _f(
+        0.05,
+        "a violating window is acted on only if its count of samples above the SLO is "
+        "significantly above the 1 % a p99 SLO allows (one-sided binomial test at this "
+        "level): a p99 over few samples is noisy and a lone excursion regresses by itself; "
+        "1.0 disables the test",
+        lo=1e-9,
+        hi=1.0,
+    )
     restart_outage_s: float = _f(
         40.0,
         "expected outage of restarting a protected tenant (drain, MIG reconfiguration, "

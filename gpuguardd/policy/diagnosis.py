@@ -7,9 +7,12 @@ candidate gets
     pressure = current signal / capacity of the shared resource        (0 .. ~1)
     r        = Pearson(victim p99/SLO, signal smoothed over window_s)   over the sliding history
     score    = pressure x (1 + r) / 2          (r = 0 when undefined: constant signal or too short)
+             x min(1, slope x signal / (victim p99/SLO - recovery bound))   when r is defined
 
 so a heavy flow that rises and falls with the victim's tail ranks first, a heavy flow with no
-history ranks half, and a flow that is high while the victim is calm (r -> -1) drops out. The
+history ranks half, a flow that is high while the victim is calm (r -> -1) drops out, and a
+flow whose fitted effect (the least-squares slope of the victim's p99/SLO on it, times its
+current value) could not bring the tail back under the recovery bound is discounted. The
 cause is the channel of the best candidate. Protected tenants are never suspects: their traffic
 still counts as anonymous load of the shared resource (which victim-side levers can address).
 """
@@ -147,6 +150,16 @@ def _smoothed(history: Sequence[TickRates], signal: Signal, window_s: float) -> 
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Evidence:
+    value: float  # current signal (mean of the last ``recent`` ticks)
+    pressure: float
+    r: float | None
+    #: the victim's p99/SLO the fitted line attributes to the signal's current value
+    #: (slope x value); None without a correlation
+    explained: float | None
+
+
 def _candidate(
     victim: str,
     history: Sequence[TickRates],
@@ -154,8 +167,8 @@ def _candidate(
     capacity: float,
     recent: int,
     window_s: float,
-) -> tuple[float, float, float | None] | None:
-    """(current value, pressure, r) of one signal, or None when it was never observed."""
+) -> _Evidence | None:
+    """The evidence for one signal, or None when it was never observed."""
     values = [signal(h) for h in history[-recent:]]
     known = [v for v in values if v is not None]
     if not known:
@@ -169,10 +182,18 @@ def _candidate(
         if x is not None and y is not None:
             xs.append(x)
             ys.append(y)
-    return value, pressure, pearson(xs, ys)
+    r = pearson(xs, ys)
+    explained = None
+    if r is not None:
+        n = len(xs)
+        mx, my = sum(xs) / n, sum(ys) / n
+        sxx = sum((x - mx) ** 2 for x in xs)
+        sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+        explained = max(0.0, sxy / sxx * value)
+    return _Evidence(value, pressure, r, explained)
 
 
-def _relation(topology: Topology, v: Placement, o: Placement) -> tuple[str, str] | None:
+def relation(topology: Topology, v: Placement, o: Placement) -> tuple[str, str] | None:
     """(kind, text) of what two placements share; kind in gpu/instance/switch/root/numa."""
     gv, go = topology.gpu(v.gpu), topology.gpu(o.gpu)
     if v.gpu == o.gpu:
@@ -188,7 +209,7 @@ def _relation(topology: Topology, v: Placement, o: Placement) -> tuple[str, str]
     return None
 
 
-def _device_relation(topology: Topology, v: Placement, devno: str) -> tuple[str, str] | None:
+def device_relation(topology: Topology, v: Placement, devno: str) -> tuple[str, str] | None:
     """What a block device shares with the victim's GPU: its switch or its NUMA node."""
     gv = topology.gpu(v.gpu)
     for d in topology.block_devices:
@@ -213,11 +234,15 @@ def diagnose(
     recent: int,
     window_s: float,
     moved_at: Mapping[str, float] | None = None,
+    latent_bps: Mapping[tuple[str, str], float] | None = None,
+    recovery_bound: float = 0.8,
 ) -> Diagnosis:
     """Rank every topologically plausible (neighbour, channel) by pressure x correlation.
 
     A tenant's history before its last placement change describes another neighbourhood: each
-    candidate is judged only on the ticks since both it and the victim last moved.
+    candidate is judged only on the ticks since both it and the victim last moved. A throttled
+    tenant's disk pressure is its demand before the throttle (``latent_bps`` per tenant and
+    device), not the rate the throttle lets through: the throttle hides it, it did not go away.
     """
     vt = snapshot.tenants.get(victim)
     if vt is None or vt.placement is None or not history:
@@ -230,6 +255,8 @@ def diagnose(
         return Diagnosis("unknown", ())
     link = link_bps(topo, vp.gpu)
     moves = moved_at or {}
+    now_ratio = history[-1].ratio.get(victim)
+    excess = now_ratio - recovery_bound if now_ratio is not None else 0.0
     found: list[Suspect] = []
 
     def add(
@@ -241,6 +268,7 @@ def diagnose(
         cap: float,
         weight: float = 1.0,
         need_r: float | None = None,
+        latent: float = 0.0,
     ) -> None:
         since = max(moves.get(victim, -math.inf),
                     moves.get(tenant, -math.inf) if tenant is not None else -math.inf)
@@ -248,10 +276,16 @@ def diagnose(
         c = _candidate(victim, hist, signal, cap, recent, window_s)
         if c is None:
             return
-        value, pressure, r = c
+        value, pressure, r = c.value, c.pressure, c.r
+        if cap > 0:
+            pressure = max(pressure, latent / cap)
         if pressure < MIN_PRESSURE or (need_r is not None and (r is None or r < need_r)):
             return
         score = weight * pressure * (1.0 + (r if r is not None else 0.0)) / 2.0
+        if c.explained is not None and excess > 0 and latent <= 0:
+            # a fitted effect too small to bring the tail back to the recovery bound is a
+            # coincidence or a side issue, whatever its correlation
+            score *= min(1.0, c.explained / excess)
         if tenant is None:
             score *= ANONYMOUS_WEIGHT
         if score > 0:
@@ -264,19 +298,20 @@ def diagnose(
         named = not is_protected(o, protected)
         rel = None
         try:
-            rel = _relation(topo, vp, o.placement) if o.placement is not None else None
+            rel = relation(topo, vp, o.placement) if o.placement is not None else None
         except KeyError:
             rel = None
         # block I/O: the bytes land in host memory and (for a GPU job) cross its GPU link
         for dev in sorted({c.device for c in o.io}):
-            drel = rel or _device_relation(topo, vp, dev)
+            drel = rel or device_relation(topo, vp, dev)
             if drel is None or not named:
                 continue
             kind, text = drel
             cause = "io" if kind == "numa" else "pcie"
+            hidden = (latent_bps or {}).get((o.name, dev), 0.0)
             for direction, label in (("r", "disk read"), ("w", "disk write")):
                 add(o.name, cause, label, text, _io_signal(o.name, dev, direction), link,
-                    RELATION_WEIGHT[kind])
+                    RELATION_WEIGHT[kind], latent=hidden if direction == "r" else 0.0)
         if rel is None or o.placement is None:
             continue
         kind, text = rel

@@ -45,7 +45,15 @@ from gpuguardd.model.actions import (
     Result,
 )
 from gpuguardd.model.snapshot import Snapshot, TenantClass
-from gpuguardd.policy.diagnosis import Diagnosis, Suspect, diagnose, fmt_bps
+from gpuguardd.policy.diagnosis import (
+    MIN_SCORE,
+    Diagnosis,
+    Suspect,
+    device_relation,
+    diagnose,
+    fmt_bps,
+    relation,
+)
 from gpuguardd.policy.mig import growths
 from gpuguardd.policy.placement import plan_move
 from gpuguardd.policy.signals import TickRates, counters_of, rates_of, trim
@@ -227,6 +235,7 @@ class _Tick:
         rates = rates_of(self.snap, self.s.counters, ratios)
         self.history = trim((*self.s.history, rates), self.now, self.pc.diagnosis_window_s)
         self._settle_pending()
+        self._drop_unjustified()
         for name in sorted(self.victims):
             if name not in self.snap.tenants or name not in self.protected:
                 self._retire(name)
@@ -238,6 +247,38 @@ class _Tick:
         for tenant, p in list(self.pending.items()):
             if _pending_done(p, self.snap) or self.now - p.issued_at > PENDING_TIMEOUT_S:
                 del self.pending[tenant]
+
+    def _drop_unjustified(self) -> None:
+        """A throttle or MPS limit whose target no longer shares the blamed resource with its
+        victim (one of them moved) protects nobody: release it."""
+        for lv in list(self.levers.values()):
+            if lv.level > LEVEL_MPS or lv.target in self.pending:
+                continue
+            for victim in sorted(lv.owners):
+                if not self._shares(victim, lv):
+                    why = (f"{lv.target} no longer shares the {lv.cause} path with {victim}; ")
+                    self._drop_owner(lv, victim, why)
+                    self._note(victim, why + f"released {LEVEL_NAMES[lv.level]} on {lv.target}")
+                    lv = self.levers.get(lv.key, lv)
+
+    def _shares(self, victim: str, lv: Lever) -> bool:
+        v, t = self.snap.tenants.get(victim), self.snap.tenants.get(lv.target)
+        if v is None or t is None or v.placement is None or t.placement is None:
+            return True  # cannot tell: keep
+        topo = self.snap.topology
+        try:
+            rel = relation(topo, v.placement, t.placement)
+            kinds = {rel[0]} if rel else set()
+            if lv.device:
+                drel = device_relation(topo, v.placement, lv.device)
+                if drel:
+                    kinds.add(drel[0])
+        except KeyError:
+            return True
+        needed = {"pcie": {"instance", "gpu", "switch", "root"},
+                  "compute": {"instance"}, "membw": {"instance"}}.get(
+            lv.cause, {"instance", "gpu", "switch", "root", "numa"})
+        return bool(kinds & needed)
 
     def busy_gpus(self) -> frozenset[int]:
         """GPUs where a disruptive action may not start: reconfiguring, or ours in flight."""
@@ -271,8 +312,13 @@ class _Tick:
             if v.trial is not None:
                 return
         dwell_ok = self.now - v.level_since >= self.pc.level_dwell_s
+        sustained = self._sustained(v, reading)
         if reading.verdict is Verdict.VIOLATING and streak >= self.pc.violation_windows:
-            if dwell_ok or self._trial_just_failed(v):
+            if not sustained:
+                self._note(name, f"{self._head(name, reading)}; holding: {reading.above} of "
+                                 f"{reading.samples} samples above the SLO is within the noise "
+                                 "of a p99 (binomial test)")
+            elif dwell_ok or self._trial_just_failed(v):
                 self._escalate(name, reading)
             else:
                 self._note(name, f"{self._head(name, reading)}; holding: level dwell "
@@ -354,6 +400,11 @@ class _Tick:
         return (f"{v.damage:.0f} requests missed the SLO < outage cost "
                 f"{self.pc.restart_outage_s:.0f} s x {rate:.1f} rps = {price:.0f} (ski rental)")
 
+    def _sustained(self, v: Victim, r: TailReading) -> bool:
+        """Y violating windows in a row, the last one significantly above the SLO."""
+        return (r.verdict is Verdict.VIOLATING and v.streak >= self.pc.violation_windows
+                and r.significant(self.pc.significance))
+
     def _trial_just_failed(self, v: Victim) -> bool:
         return any(t == self.now for t in v.failed.values())
 
@@ -373,7 +424,7 @@ class _Tick:
         trial = v.trial
         assert trial is not None
         if trial.kind == "relax":
-            return self._judge_relax(name, v, trial)
+            return self._judge_relax(name, v, trial, r)
         moving = {lv.target for k in trial.keys for lv in (self.levers.get(k),)
                   if lv is not None and lv.level >= LEVEL_MPS}
         if moving & set(self.pending):
@@ -411,13 +462,14 @@ class _Tick:
                 self._drop_owner(lv, name, f"{name} {r.metric} p99 {ms(r.p99_s or 0.0)} after "
                                            f"moving {lv.target}; ")
 
-    def _judge_relax(self, name: str, v: Victim, trial: Trial) -> Victim:
+    def _judge_relax(self, name: str, v: Victim, trial: Trial, r: TailReading) -> Victim:
         """A de-escalation step is reverted as soon as the violation is back (Y windows)."""
-        if v.streak >= self.pc.violation_windows and not self._used_headroom(trial):
+        sustained = self._sustained(v, r)
+        if sustained and not self._used_headroom(trial):
             self._note(name, f"{name}: violation after {trial.label}, but no relaxed suspect "
                              "used the headroom it got: not the relaxation's doing")
             return replace(self.victims[name], trial=None)
-        if v.streak >= self.pc.violation_windows:
+        if sustained:
             backoff = min(v.relax_backoff * 2.0, RELAX_BACKOFF_MAX)
             why = (f"{name}: tail back after {trial.label} ({v.streak} violating windows); "
                    f"restored, next de-escalation after "
@@ -500,6 +552,9 @@ class _Tick:
             recent=self.pc.violation_windows,
             window_s=self.pc.window_s,
             moved_at=self.moved_at,
+            latent_bps={(lv.target, lv.device): lv.demand_r_bps + lv.demand_w_bps
+                        for lv in self.levers.values() if lv.level == LEVEL_IO},
+            recovery_bound=1.0 - self.pc.recovery_margin,
         )
         head = f"{head}; {diag.describe()}"
         tried: list[str] = []
@@ -573,7 +628,8 @@ class _Tick:
     ) -> tuple[str, list[tuple[Action, Lever | None, str]]] | str:
         cands = [s for s in diag.named if s.cause in ("io", "pcie") and s.tenant is not None]
         if not cands:
-            return "io.max: no suspect with block I/O or PCIe traffic"
+            return (f"io.max: no suspect with enough evidence (score >= {MIN_SCORE}) on the "
+                    "disk or PCIe path")
         best = cands[0].score
         steps: list[tuple[Action, Lever | None, str]] = []
         why: list[str] = []
@@ -687,7 +743,7 @@ class _Tick:
                 action = MpsLimit(s.tenant, self.pc.mps_pct, reason=detail, expires_at=expires)
                 lever = Lever(key=key, level=LEVEL_MPS, target=s.tenant,
                               owners=frozenset({victim}), since=self.now, changed_at=self.now,
-                              action=action, expires_at=expires)
+                              action=action, expires_at=expires, cause=s.cause)
                 return label, [(action, lever, detail)]
         return "MPS: " + ("; ".join(why) if why else "no compute suspect on the victim's GPU")
 
