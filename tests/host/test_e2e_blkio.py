@@ -1,7 +1,7 @@
 """End to end on this machine's real block layer (issue 5).
 
 A latency-sensitive victim (4 KiB O_DIRECT|O_DSYNC writes, latency pushed through the push
-socket) and a dd antagonist (3 x ``dd bs=1M oflag=direct``) in two real cgroups. ``gpuguardd
+socket) and a dd antagonist (3 x ``dd bs=4M oflag=direct``) in two real cgroups. ``gpuguardd
 run`` with ``backend = "real"`` and ``require_gpu = false`` must see the victim's p99 break its
 SLO, throttle the antagonist through the real blkio/io controller until the victim is back under
 its SLO, and lift the throttle on SIGTERM.
@@ -143,7 +143,7 @@ def test_daemon_throttles_real_antagonist_until_victim_meets_slo(tmp_path: Path)
             assert daemon.poll() is None, daemon_log()
             assert io.get_limit(etl_rel, devno).unlimited, "throttled before any interference"
             antagonist_at = time.time()
-            with dd_antagonist(etl_cg, tmp_path / "dd.bin", parallel=3):
+            with dd_antagonist(etl_cg, tmp_path / "dd.bin", parallel=3, bs_mib=4):
                 first_throttle = recovered = None
                 caps: list[IoLimit] = []
                 deadline = time.monotonic() + DEADLINE_S
