@@ -24,6 +24,7 @@ from functools import partial
 
 import structlog
 
+from gpuguardd.host.cgroup_io import CgroupGone
 from gpuguardd.host.protocol import Host, LeverError
 from gpuguardd.model.actions import (
     Action,
@@ -75,7 +76,8 @@ class Executor:
     def expire(self, now: float) -> list[Outcome]:
         """Restore every temporary action whose expiry has passed."""
         due = [e for e in self.active() if e.expires_at is not None and e.expires_at <= now]
-        return [self._guarded(e.action, now, partial(self._restore, e, "expired")) for e in due]
+        return [self._guarded(e.action, now, partial(self._restore, e, "expired"),
+                              lever=_restore_lever(e)) for e in due]
 
     def advance(self, snapshot: Snapshot) -> list[Outcome]:
         """Resume multi-step plans (MIG resize) whose GPU is no longer busy."""
@@ -91,8 +93,10 @@ class Executor:
         outcomes = []
         for e in self.active():
             if e.expires_at is not None:
+                # the last chance to undo it: no back-off applies
                 outcomes.append(self._guarded(e.action, e.applied_at,
-                                              partial(self._restore, e, reason)))
+                                              partial(self._restore, e, reason),
+                                              lever=_restore_lever(e), force=True))
         return outcomes
 
     def recover(self, now: float) -> list[Outcome]:
@@ -102,21 +106,27 @@ class Executor:
         for e in self.journal.entries():
             if e.status == "intent" and not isinstance(e.action, MigResize):
                 outcomes.append(self._guarded(e.action, now,
-                                              partial(self._restore, e, "uncertain write")))
+                                              partial(self._restore, e, "uncertain write"),
+                                              lever=_restore_lever(e)))
             elif e.expires_at is not None and e.expires_at <= now:
                 outcomes.append(self._guarded(e.action, now,
-                                              partial(self._restore, e, "expired while down")))
+                                              partial(self._restore, e, "expired while down"),
+                                              lever=_restore_lever(e)))
             else:
                 log.info("readopted", key=e.key, action=e.action.kind, expires_at=e.expires_at)
         return outcomes
 
     # -- error handling ---------------------------------------------------------------------
-    def _guarded(self, action: Action, now: float, fn: Callable[[], Outcome]) -> Outcome:
-        lever = action.key
+    def _guarded(self, action: Action, now: float, fn: Callable[[], Outcome], *,
+                 lever: str | None = None, force: bool = False) -> Outcome:
+        """Run ``fn`` under the lever's back-off and availability. Restores use a lever of
+        their own (``restore:<key>``), so a failed tightening never delays an expiry;
+        ``force`` (shutdown) ignores the back-off."""
+        lever = lever or action.key
         if lever in self._unavailable:
             return Outcome(action, Result.UNAVAILABLE, self._unavailable[lever])
         b = self._backoff.get(lever)
-        if b is not None and now < b.until:
+        if b is not None and now < b.until and not force:
             return Outcome(action, Result.FAILED, f"backing off until {b.until:.0f}")
         try:
             outcome = fn()
@@ -129,11 +139,13 @@ class Executor:
             self._backoff[lever] = _Backoff(now + delay, delay)
             log.warning("lever_failed", lever=lever, error=str(e), retry_in_s=delay)
             return Outcome(action, Result.FAILED, str(e))
-        except OSError as e:
+        except Exception as e:  # OSError, or a bug in one lever: it must not stop the loop
             delay = min(MAX_BACKOFF_S, (b.delay * 2) if b else 30.0)
             self._backoff[lever] = _Backoff(now + delay, delay)
-            log.warning("lever_failed", lever=lever, error=str(e), retry_in_s=delay)
-            return Outcome(action, Result.FAILED, str(e))
+            error = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            log.warning("lever_failed", lever=lever, error=error, retry_in_s=delay,
+                        exc_info=not isinstance(e, OSError))
+            return Outcome(action, Result.FAILED, error)
         if outcome.result in (Result.APPLIED, Result.UNCHANGED, Result.REVERTED):
             self._backoff.pop(lever, None)
         return outcome
@@ -276,7 +288,9 @@ class Executor:
             try:
                 current = self.host.get_io_limit(a.tenant, a.device)
             except LeverError as err:
-                if err.permanent:  # the cgroup is gone: nothing left to restore
+                # the cgroup is gone (the tenant exited) or can never be read: nothing left
+                # to restore - a cgroup created again later starts without our limit
+                if err.permanent or isinstance(err, CgroupGone):
                     self.journal.remove(e.key)
                     return Outcome(a, Result.REVERTED, f"target gone ({err})")
                 raise
@@ -294,3 +308,7 @@ class Executor:
         # placements and layouts stay; the record goes
         self.journal.remove(e.key)
         return Outcome(a, Result.REVERTED, reason)
+
+
+def _restore_lever(e: Entry) -> str:
+    return f"restore:{e.key}"
