@@ -39,6 +39,7 @@ from gpuguardd.model.actions import (
     VgpuSet,
 )
 from gpuguardd.model.snapshot import Placement, Snapshot
+from gpuguardd.model.topology import MigInstance
 from gpuguardd.runtime import codec
 from gpuguardd.runtime.journal import Entry, Journal
 
@@ -255,21 +256,63 @@ class Executor:
             step = 1
             self.journal.mark(e.key, step=step)
         if step == 1:
+            old = self._instance(a.gpu, gi_id=a.gi_id)
+            original = {"profile": a.from_profile,
+                        "start": old.start if old is not None else a.start}
+            self.journal.mark(e.key, original=original)
             self.host.mig_destroy(a.gpu, a.gi_id)
             step = 2
             self.journal.mark(e.key, step=step)
             return Outcome(a, Result.APPLIED, "old instance destroyed; creating the new one")
         if step == 2:
-            inst = self.host.mig_create(a.gpu, a.to_profile, a.start)
-            self.journal.mark(e.key, step=3, original={"profile": a.from_profile,
-                                                       "new_gi_id": inst.gi_id})
+            original = dict(e.original or {"profile": a.from_profile})
+            # A crash between the create and its journal mark left the instance behind:
+            # adopt it instead of failing on an occupied placement for ever.
+            inst = self._instance(a.gpu, profile=a.to_profile, start=a.start)
+            try:
+                if inst is None:
+                    inst = self.host.mig_create(a.gpu, a.to_profile, a.start)
+            except LeverError as err:
+                if not err.permanent:
+                    raise
+                return self._mig_rollback(e, original, err)
+            self.journal.mark(e.key, step=3, original={**original, "new_gi_id": inst.gi_id})
             return Outcome(a, Result.APPLIED, f"created {a.to_profile} gi {inst.gi_id}")
         if step == 3:
             new_gi = (e.original or {}).get("new_gi_id")
             self.host.restart_tenant(a.tenant, Placement(a.gpu, new_gi), {})
             self.journal.remove(e.key)
-            return Outcome(a, Result.APPLIED, f"{a.tenant} restarted on {a.to_profile}")
+            profile = a.from_profile if "rolled_back" in (e.original or {}) else a.to_profile
+            return Outcome(a, Result.APPLIED, f"{a.tenant} restarted on {profile}")
         return Outcome(a, Result.UNCHANGED, "")
+
+    def _instance(self, gpu: int, *, gi_id: int | None = None, profile: str | None = None,
+                  start: int | None = None) -> MigInstance | None:
+        try:
+            instances = self.host.topology().gpu(gpu).instances
+        except KeyError:
+            return None
+        for i in instances:
+            if ((gi_id is None or i.gi_id == gi_id) and (profile is None or i.profile == profile)
+                    and (start is None or i.start == start)):
+                return i
+        return None
+
+    def _mig_rollback(self, e: Entry, original: dict[str, object], err: LeverError) -> Outcome:
+        """The new profile cannot be created (permanent error): put the old instance back and
+        restart the tenant there (step 3), so that a failed resize never leaves it down."""
+        a = e.action
+        assert isinstance(a, MigResize)
+        start = original.get("start", a.start)
+        assert isinstance(start, int)
+        inst = (self._instance(a.gpu, profile=a.from_profile, start=start)
+                or self.host.mig_create(a.gpu, a.from_profile, start))
+        self.journal.mark(e.key, step=3, original={**original, "new_gi_id": inst.gi_id,
+                                                   "rolled_back": str(err)})
+        log.error("mig_resize_rolled_back", gpu=a.gpu, tenant=a.tenant, error=str(err),
+                  restored=a.from_profile, gi_id=inst.gi_id)
+        return Outcome(a, Result.FAILED, f"create {a.to_profile} failed ({err}); rolled back "
+                                         f"to {a.from_profile} gi {inst.gi_id}")
 
     # -- restore ----------------------------------------------------------------------------
     def _release(self, key: str, reason: str, action: Action) -> Outcome:
