@@ -1,8 +1,8 @@
 """The control socket and `gpuguardd ctl`: protocol, permissions, operator release and holds."""
 
 import json
-import re
 import os
+import re
 import socket
 import stat
 import threading
@@ -342,7 +342,7 @@ def test_read_only_commands_over_http_status(rig, capsys):
     server = MetricsServer("127.0.0.1:0", make_registry(rig.collector), rig.api.status)
     server.start()
     try:
-        url = "http://127.0.0.1:%d" % server.address[1]
+        url = f"http://127.0.0.1:{server.address[1]}"
         code, out, err = ctl(capsys, "--url", url, "status")
         assert code == 0, err
         assert "io:t2:8:0" in out and "t1 ttft p99 30ms > 15ms" in out
