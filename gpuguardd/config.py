@@ -127,6 +127,37 @@ class PolicyConfig:
     )
     mig_reconfigs_per_hour: int = _f(4, "MIG reconfigurations per GPU per hour", lo=0, hi=60)
     mps_pct: int = _f(50, "MPS active-thread percentage given to compute suspects", lo=1, hi=100)
+    diagnosis_window_s: float = _f(
+        180.0,
+        "history over which a victim's tail is correlated with its neighbours' signals, seconds",
+        lo=10.0,
+        hi=3600.0,
+    )
+    min_improvement: float = _f(
+        0.1,
+        "an action helped if the p99 fell by this fraction of its value at the action (or met "
+        "the SLO); otherwise it is reverted",
+        lo=0.0,
+        hi=0.9,
+    )
+    throttle_relax_step: float = _f(
+        0.5,
+        "relaxation per calm recovery_dwell_s: new cap = (1 + step) x cap, released at the "
+        "suspect's pre-throttle rate (relax slowly, tighten fast)",
+        lo=0.05,
+        hi=4.0,
+    )
+    stopgap_s: float = _f(
+        60.0,
+        "an io throttle that has held a restartable suspect below its demand this long is "
+        "replaced by moving the suspect off the shared link when a placement allows, to give "
+        "it its bandwidth back (0 = never), seconds",
+        lo=0.0,
+    )
+    lever_memory_s: float = _f(
+        900.0, "a lever whose trial failed is not retried for the same victim for this long, s",
+        lo=0.0,
+    )
 
 
 @dataclass(frozen=True)

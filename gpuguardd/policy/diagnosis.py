@@ -1,0 +1,377 @@
+"""Root-cause diagnosis: which shared resource, and which neighbour, inflate a victim's tail.
+
+For every neighbour that shares something with the victim in the topology (same GPU, same PCIe
+switch or root, same NUMA node) and every signal that neighbour drives through that resource, the
+candidate gets
+
+    pressure = current signal / capacity of the shared resource        (0 .. ~1)
+    r        = Pearson(victim p99/SLO, signal smoothed over window_s)   over the sliding history
+    score    = pressure x (1 + r) / 2          (r = 0 when undefined: constant signal or too short)
+
+so a heavy flow that rises and falls with the victim's tail ranks first, a heavy flow with no
+history ranks half, and a flow that is high while the victim is calm (r -> -1) drops out. The
+cause is the channel of the best candidate. Protected tenants are never suspects: their traffic
+still counts as anonymous load of the shared resource (which victim-side levers can address).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from gpuguardd.model.snapshot import Placement, Snapshot, TenantClass, TenantSample
+from gpuguardd.model.topology import Topology
+from gpuguardd.policy.signals import TickRates
+
+#: a candidate below this pressure is noise, whatever its correlation
+MIN_PRESSURE = 0.02
+#: fewer paired points than this give no correlation
+MIN_POINTS = 5
+#: named suspects beat anonymous load of the same resource at equal evidence
+ANONYMOUS_WEIGHT = 0.9
+
+#: prior weight of each kind of sharing: a flow through the victim's own link (same GPU, same
+#: switch) acts on its transfers directly; a shared root complex less so; a shared NUMA node only
+#: through host memory, page cache and CPUs
+RELATION_WEIGHT: dict[str, float] = {
+    "instance": 1.0, "gpu": 1.0, "switch": 1.0, "root": 0.7, "numa": 0.4,
+}
+
+#: an IRQ burst of IRQ_BURST x the node's median above it reads as pressure 1
+IRQ_BURST = 3.0
+#: interrupts/s below which a node's rate is idle noise
+IRQ_FLOOR = 1000.0
+
+CAUSES = ("io", "pcie", "compute", "membw", "host", "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    """One candidate explanation. ``tenant`` None = anonymous load (not actionable on a tenant)."""
+
+    tenant: str | None
+    cause: str  # one of CAUSES
+    signal: str  # "disk read", "disk write", "PCIe", "SM", "DRAM", "IRQ"
+    relation: str  # "same switch sw0", "same GPU 0", "same NUMA 1", ...
+    value: float  # current signal (bytes/s, 0..1 activity or irq/s)
+    pressure: float
+    r: float | None
+    score: float
+
+    def describe(self) -> str:
+        corr = f"r={self.r:.2f}" if self.r is not None else "r=n/a"
+        who = self.tenant if self.tenant is not None else "other load"
+        value = fmt_value(self.signal, self.value)
+        return f"{corr} with {who} {self.signal} {value}, {self.relation}"
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    cause: str
+    suspects: tuple[Suspect, ...]  # ranked, best first (named and anonymous)
+
+    @property
+    def named(self) -> tuple[Suspect, ...]:
+        return tuple(s for s in self.suspects if s.tenant is not None)
+
+    def describe(self) -> str:
+        if not self.suspects:
+            return "cause unknown (no neighbour shares a loaded resource)"
+        return f"cause {self.cause} ({self.suspects[0].describe()})"
+
+
+def fmt_value(signal: str, value: float) -> str:
+    if signal in ("SM", "DRAM"):
+        return f"{value * 100:.0f}%"
+    if signal == "IRQ":
+        return f"{value:.0f}/s"
+    return fmt_bps(value)
+
+
+def fmt_bps(bps: float) -> str:
+    if bps >= 1e9:
+        return f"{bps / 1e9:.1f} GB/s"
+    return f"{bps / 1e6:.0f} MB/s"
+
+
+def link_bps(topology: Topology, gpu: int) -> float:
+    """Capacity of the link the GPU's traffic shares: its switch uplink, else its own link."""
+    info = topology.gpu(gpu)
+    if info.switch is not None:
+        sw = topology.switch(info.switch)
+        if sw is not None and sw.uplink_bps > 0:
+            return sw.uplink_bps
+    sw = topology.switch(info.root)
+    if sw is not None and sw.uplink_bps > 0:
+        return sw.uplink_bps
+    # ~0.985 GB/s per Gen3 lane after encoding, doubling per generation
+    return 0.985e9 * max(info.pcie_width, 1) * 2.0 ** max(info.pcie_gen - 3, 0)
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    n = len(xs)
+    if n < MIN_POINTS or n != len(ys):
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx <= 1e-12 * max(mx * mx, 1e-30) * n or syy <= 1e-12:
+        return None
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+
+
+Signal = Callable[[TickRates], float | None]
+
+
+def _smoothed(history: Sequence[TickRates], signal: Signal, window_s: float) -> list[float | None]:
+    """The signal averaged over the same window as the victim's tail (which lags its cause)."""
+    out: list[float | None] = []
+    for i, h in enumerate(history):
+        vals = [
+            v
+            for j in range(i, -1, -1)
+            if history[j].at > h.at - window_s
+            for v in (signal(history[j]),)
+            if v is not None
+        ]
+        out.append(sum(vals) / len(vals) if vals else None)
+    return out
+
+
+def _candidate(
+    victim: str,
+    history: Sequence[TickRates],
+    signal: Signal,
+    capacity: float,
+    recent: int,
+    window_s: float,
+) -> tuple[float, float, float | None] | None:
+    """(current value, pressure, r) of one signal, or None when it was never observed."""
+    values = [signal(h) for h in history[-recent:]]
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    value = sum(known) / len(known)
+    pressure = value / capacity if capacity > 0 else 0.0
+    xs: list[float] = []
+    ys: list[float] = []
+    for h, x in zip(history, _smoothed(history, signal, window_s), strict=True):
+        y = h.ratio.get(victim)
+        if x is not None and y is not None:
+            xs.append(x)
+            ys.append(y)
+    return value, pressure, pearson(xs, ys)
+
+
+def _relation(topology: Topology, v: Placement, o: Placement) -> tuple[str, str] | None:
+    """(kind, text) of what two placements share; kind in gpu/instance/switch/root/numa."""
+    gv, go = topology.gpu(v.gpu), topology.gpu(o.gpu)
+    if v.gpu == o.gpu:
+        if v.gi_id is None or o.gi_id is None or v.gi_id == o.gi_id:
+            return "instance", f"same GPU {v.gpu} without MIG isolation"
+        return "gpu", f"same GPU {v.gpu}"
+    if gv.switch is not None and gv.switch == go.switch:
+        return "switch", f"same switch {gv.switch}"
+    if gv.root == go.root:
+        return "root", f"same root {gv.root}"
+    if gv.numa_node == go.numa_node:
+        return "numa", f"same NUMA {gv.numa_node}"
+    return None
+
+
+def _device_relation(topology: Topology, v: Placement, devno: str) -> tuple[str, str] | None:
+    """What a block device shares with the victim's GPU: its switch or its NUMA node."""
+    gv = topology.gpu(v.gpu)
+    for d in topology.block_devices:
+        if d.devno == devno:
+            if d.switch is not None and d.switch == gv.switch:
+                return "switch", f"disk {d.name} on switch {d.switch}"
+            if d.numa_node >= 0 and d.numa_node == gv.numa_node:
+                return "numa", f"disk {d.name} on NUMA {d.numa_node}"
+    return None
+
+
+def is_protected(t: TenantSample, protected: frozenset[str]) -> bool:
+    return t.name in protected or t.tenant_class == TenantClass.LATENCY
+
+
+def diagnose(
+    victim: str,
+    snapshot: Snapshot,
+    history: Sequence[TickRates],
+    *,
+    protected: frozenset[str],
+    recent: int,
+    window_s: float,
+) -> Diagnosis:
+    """Rank every topologically plausible (neighbour, channel) by pressure x correlation."""
+    vt = snapshot.tenants.get(victim)
+    if vt is None or vt.placement is None or not history:
+        return Diagnosis("unknown", ())
+    topo = snapshot.topology
+    vp = vt.placement
+    try:
+        topo.gpu(vp.gpu)
+    except KeyError:
+        return Diagnosis("unknown", ())
+    link = link_bps(topo, vp.gpu)
+    found: list[Suspect] = []
+
+    def add(
+        tenant: str | None,
+        cause: str,
+        label: str,
+        relation: str,
+        signal: Signal,
+        cap: float,
+        weight: float = 1.0,
+    ) -> None:
+        c = _candidate(victim, history, signal, cap, recent, window_s)
+        if c is None:
+            return
+        value, pressure, r = c
+        if pressure < MIN_PRESSURE:
+            return
+        score = weight * pressure * (1.0 + (r if r is not None else 0.0)) / 2.0
+        if tenant is None:
+            score *= ANONYMOUS_WEIGHT
+        if score > 0:
+            found.append(Suspect(tenant, cause, label, relation, value, pressure, r, score))
+
+    anon_pcie_gpus: list[int] = []
+    for o in sorted(snapshot.tenants.values(), key=lambda t: t.name):
+        if o.name == victim:
+            continue
+        named = not is_protected(o, protected)
+        rel = None
+        try:
+            rel = _relation(topo, vp, o.placement) if o.placement is not None else None
+        except KeyError:
+            rel = None
+        # block I/O: the bytes land in host memory and (for a GPU job) cross its GPU link
+        for dev in sorted({c.device for c in o.io}):
+            drel = rel or _device_relation(topo, vp, dev)
+            if drel is None or not named:
+                continue
+            kind, text = drel
+            cause = "io" if kind == "numa" else "pcie"
+            for direction, label in (("r", "disk read"), ("w", "disk write")):
+                add(o.name, cause, label, text, _io_signal(o.name, dev, direction), link,
+                    RELATION_WEIGHT[kind])
+        if rel is None or o.placement is None:
+            continue
+        kind, text = rel
+        op = o.placement
+        if kind in ("switch", "root"):
+            if named and _sole_tenant(snapshot, op.gpu, o.name):
+                add(o.name, "pcie", "PCIe", text, _pcie_signal(op.gpu), link,
+                    RELATION_WEIGHT[kind])
+            else:
+                anon_pcie_gpus.append(op.gpu)
+        elif kind == "gpu":
+            # MIG isolates SMs and DRAM; only the GPU's PCIe link is shared
+            ik = (op.gpu, op.gi_id if op.gi_id is not None else -1)
+            if named:
+                add(o.name, "pcie", "PCIe", text, _inst_pcie_signal(ik), link)
+        elif kind == "instance" and named:
+            sig_sm, sig_dram = _compute_signals(op)
+            add(o.name, "compute", "SM", text, sig_sm, 1.0)
+            add(o.name, "membw", "DRAM", text, sig_dram, 1.0)
+    if anon_pcie_gpus:
+        gpus = tuple(sorted(set(anon_pcie_gpus)))
+        sw = topo.gpu(vp.gpu).switch or topo.gpu(vp.gpu).root
+        add(None, "pcie", "PCIe", f"GPUs {','.join(map(str, gpus))} behind {sw}",
+            _sum_pcie_signal(gpus), link)
+    numa = topo.gpu(vp.gpu).numa_node
+    med = _irq_median(history, numa)
+    add(None, "host", "IRQ", f"CPUs of NUMA {numa}", _irq_excess(numa, med), IRQ_BURST * med)
+    # at equal evidence the disk signal speaks for a tenant: it names the cheapest lever
+    found.sort(key=lambda s: (-round(s.score, 9), s.tenant is None, s.tenant or "",
+                              not s.signal.startswith("disk"), s.signal))
+    # one entry per (tenant, cause): the strongest signal speaks for it
+    seen: set[tuple[str | None, str]] = set()
+    ranked: list[Suspect] = []
+    for s in found:
+        if (s.tenant, s.cause) not in seen:
+            seen.add((s.tenant, s.cause))
+            ranked.append(s)
+    cause = ranked[0].cause if ranked else "unknown"
+    return Diagnosis(cause, tuple(ranked))
+
+
+def _sole_tenant(snapshot: Snapshot, gpu: int, name: str) -> bool:
+    """Only then is a GPU-level counter this tenant's own traffic."""
+    return all(
+        t.name == name or t.placement is None or t.placement.gpu != gpu
+        for t in snapshot.tenants.values()
+        if t.running
+    )
+
+
+def _io_signal(tenant: str, device: str, direction: str) -> Signal:
+    def f(h: TickRates) -> float | None:
+        src = h.io_read_bps if direction == "r" else h.io_write_bps
+        return src.get((tenant, device))
+
+    return f
+
+
+def _pcie_signal(gpu: int) -> Signal:
+    return lambda h: h.pcie_bps.get(gpu)
+
+
+def _sum_pcie_signal(gpus: tuple[int, ...]) -> Signal:
+    def f(h: TickRates) -> float | None:
+        vals = [h.pcie_bps[g] for g in gpus if g in h.pcie_bps]
+        return sum(vals) if vals else None
+
+    return f
+
+
+def _inst_pcie_signal(key: tuple[int, int]) -> Signal:
+    return lambda h: h.inst_pcie_bps.get(key)
+
+
+def _compute_signals(p: Placement) -> tuple[Signal, Signal]:
+    if p.gi_id is not None:
+        key = (p.gpu, p.gi_id)
+
+        def sm(h: TickRates) -> float | None:
+            return h.inst_sm.get(key, h.sm.get(p.gpu))
+
+        def dram(h: TickRates) -> float | None:
+            return h.inst_dram.get(key, h.mem.get(p.gpu))
+
+        return sm, dram
+    return (lambda h: h.sm.get(p.gpu)), (lambda h: h.mem.get(p.gpu))
+
+
+def _irq_excess(numa: int, median: float) -> Signal:
+    """IRQ rate above the node's own median: a steady rate, however high, is its normal."""
+
+    def f(h: TickRates) -> float | None:
+        v = h.irq_numa.get(numa)
+        return None if v is None else max(0.0, v - median)
+
+    return f
+
+
+def _irq_median(history: Sequence[TickRates], numa: int) -> float:
+    vals = sorted(h.irq_numa[numa] for h in history if numa in h.irq_numa)
+    return max(vals[len(vals) // 2], IRQ_FLOOR) if vals else IRQ_FLOOR
+
+
+def neighbours(snapshot: Snapshot, victim: str) -> Mapping[str, str]:
+    """Tenants sharing a resource with ``victim`` and what they share (for explanations)."""
+    vt = snapshot.tenants.get(victim)
+    if vt is None or vt.placement is None:
+        return {}
+    out: dict[str, str] = {}
+    for o in snapshot.tenants.values():
+        if o.name != victim and o.placement is not None:
+            rel = _relation(snapshot.topology, vt.placement, o.placement)
+            if rel is not None:
+                out[o.name] = rel[1]
+    return out
