@@ -27,7 +27,8 @@ def _mebibytes(q: str) -> float:
 def test_real_prometheus_scrapes_the_daemon(sim_daemon, tmp_path):
     prometheus = shutil.which("prometheus")
     if prometheus is None:
-        pytest.skip("prometheus not installed (Debian package prometheus; scripts/test installs it)")
+        pytest.skip("prometheus not installed (Debian package prometheus; scripts/test "
+                    "installs it)")
     port = free_port()
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
