@@ -67,7 +67,8 @@ def decide(state, snap, cfg):
             violating=bad, violation_windows_total=total)
     actions = (IoThrottle("t2", "8:0", IoLimit(rbps=10**7), "t1 slow", snap.now + 10),) if bad \
         else ()
-    return State({"t1": st}, state.level_changes_total + (prev is not None and prev.level != st.level)), \
+    changed = prev is not None and prev.level != st.level
+    return State({"t1": st}, state.level_changes_total + changed), \
         D(actions, tuple(a.reason for a in actions))
 
 
@@ -161,7 +162,7 @@ def test_http_endpoint_is_read_only(tmp_path):
     server = MetricsServer("127.0.0.1:0", make_registry(collector), lambda: {"ok": True})
     server.start()
     try:
-        base = "http://127.0.0.1:%d" % server.address[1]
+        base = f"http://127.0.0.1:{server.address[1]}"
         body = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
         assert "gpuguard_up 1.0" in body
         assert urllib.request.urlopen(base + "/status", timeout=5).read() == b'{\n "ok": true\n}'

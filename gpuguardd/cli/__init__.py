@@ -14,12 +14,32 @@ from types import ModuleType
 from typing import NoReturn
 
 from gpuguardd import __version__
-from gpuguardd.cli import check_config, ctl, run, simulate
+from gpuguardd.cli import (
+    allocate,
+    check_config,
+    ctl,
+    evaluate,
+    fit,
+    probe,
+    profile,
+    run,
+    simulate,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 # Order = order in --help.
-COMMANDS: tuple[ModuleType, ...] = (run, check_config, simulate, ctl)
+COMMANDS: tuple[ModuleType, ...] = (
+    run,
+    check_config,
+    simulate,
+    evaluate,
+    allocate,
+    fit,
+    profile,
+    probe,
+    ctl,
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gpuguardd.config import POLICIES, Config, DaemonConfig, PolicyConfig
+from gpuguardd.config import POLICIES, Config
 from gpuguardd.model.actions import Result
 from gpuguardd.runtime.engine import Engine, TickReport, ladder_policy
 from gpuguardd.runtime.executor import Executor
@@ -29,7 +29,7 @@ def sim_config(scenario: Scenario, policy: str, base: Config | None = None) -> C
     return dataclasses.replace(
         base,
         daemon=dataclasses.replace(base.daemon, backend="sim"),
-        policy=dataclasses.replace(base.policy, name=policy),
+        policy=dataclasses.replace(base.policy, name=policy),  # type: ignore[arg-type]
         tenants=scenario.tenant_configs(),
     )
 
@@ -42,8 +42,13 @@ def simulate(
     seed: int | None = None,
     base: Config | None = None,
     on_tick: Callable[[TickReport], None] | None = None,
+    detail: bool = False,
 ) -> dict[str, Any]:
-    """Run one scenario under one policy; return the result document of CONTRACTS.md."""
+    """Run one scenario under one policy; return the result document of CONTRACTS.md.
+
+    ``detail`` adds ``detail``: every latency tenant's TTFT samples (ms), the per-second
+    window-p99 timeline and the scenario's events, for plots.
+    """
     wall0 = time.perf_counter()
     scenario = (load_scenario(scenario_ref, seed=seed, seconds=seconds)
                 if isinstance(scenario_ref, str) else scenario_ref)
@@ -73,7 +78,7 @@ def simulate(
         engine.shutdown("end of simulation")
         host.close()
     results = host.results()
-    return {
+    out: dict[str, Any] = {
         "scenario": scenario.name,
         "policy": policy,
         "seconds": scenario.seconds,
@@ -88,3 +93,12 @@ def simulate(
         "action_log": timeline,
         "wall_seconds": round(time.perf_counter() - wall0, 3),
     }
+    if detail:
+        latency = [t.name for t in cfg.tenants if t.tenant_class == "latency"]
+        out["detail"] = {
+            "ttft_ms": {n: host.ttft_samples(n)[1].tolist() for n in latency},
+            "timeline": host.timeline(),
+            "events": [{"t": e.at_s, "tenant": e.tenant, "action": e.action}
+                       for e in scenario.events],
+        }
+    return out

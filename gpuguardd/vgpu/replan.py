@@ -1,0 +1,154 @@
+"""Daemon re-planning of vGPU shares: a pure function from (state, observations, now) to actions.
+
+Control law per tenant i, placement fixed (the daemon never migrates here):
+
+    required_i = S_i(level(co-runner activity now), demand now)       (allocator model)
+    raise  when required_i > current_i                                 (SLO at risk: fast)
+    lower  when current_i - required_i ≥ lower_band_pct
+           and the tenant's demand and co-runner activity changed by more than the band
+           (|Δdemand| / demand_at_last_plan > demand_band or |Δactivity| > activity_band)
+    target = max(required_i, memory-feasible minimum)                 (never below it)
+    on lowering, keep ``headroom_pct`` above required (relax slowly, tighten fast)
+    per-GPU: Σ targets ≤ 100; raises that do not fit are clipped and reported
+    guards: per-tenant cooldown_s since its last change; at most restart_budget share changes
+            (each costs a restart) per rolling hour across the host; restartable tenants only
+
+Every emitted ``VgpuSet`` carries the numbers behind it in ``reason``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from gpuguardd.model.actions import VgpuSet
+from gpuguardd.vgpu import allocator
+
+HOUR_S = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplanPolicy:
+    demand_band: float = 0.2  # relative demand change that justifies lowering a share
+    activity_band: float = 0.1  # absolute co-runner activity change that does
+    lower_band_pct: int = 3  # lowering by fewer points is not worth a restart
+    headroom_pct: int = 2  # kept above the requirement when lowering
+    cooldown_s: float = 300.0
+    restart_budget_per_hour: int = 6
+
+
+@dataclass(frozen=True, slots=True)
+class TenantState:
+    share_pct: int
+    memory_bytes: int
+    gpu: int
+    demand_rps: float  # demand when the share was last set
+    activity_others: float  # co-runner activity when the share was last set
+    changed_at: float | None = None
+    restartable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ReplanState:
+    tenants: Mapping[str, TenantState]
+    restarts: tuple[float, ...] = ()  # times of recent share changes (restarts)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    demand_rps: float
+    activity: float  # the tenant's own footprint (SM activity), fraction
+
+
+@dataclass(frozen=True, slots=True)
+class ReplanResult:
+    state: ReplanState
+    actions: tuple[VgpuSet, ...]
+    notes: tuple[str, ...] = field(default=())
+
+
+def replan(
+    state: ReplanState,
+    tenants: Mapping[str, allocator.TenantSpec],
+    observed: Mapping[str, Observation],
+    problem: allocator.Problem,
+    now: float,
+    policy: ReplanPolicy = ReplanPolicy(),
+) -> ReplanResult:
+    """``problem`` supplies GPUs, predictors and allocator params; ``tenants`` the specs (the
+    observed demand replaces ``demand_rps``)."""
+    params = problem.params
+    restarts = tuple(t for t in state.restarts if now - t < HOUR_S)
+    budget = policy.restart_budget_per_hour - len(restarts)
+    # co-runner activity per GPU from observations (own footprint as observed)
+    gpu_act: dict[int, float] = {}
+    for name, ts in state.tenants.items():
+        obs = observed.get(name)
+        gpu_act[ts.gpu] = gpu_act.get(ts.gpu, 0.0) + (obs.activity if obs else 0.0)
+    wants: list[tuple[int, str, int, int, str]] = []  # (priority, name, target, required, why)
+    notes: list[str] = []
+    for name in sorted(state.tenants):
+        ts = state.tenants[name]
+        spec = tenants.get(name)
+        obs = observed.get(name)
+        if spec is None or obs is None:
+            continue
+        spec = replace(spec, demand_rps=obs.demand_rps)
+        gpu = problem.gpus[ts.gpu]
+        pred = problem.predictors[(spec.model, gpu.name)]
+        prof = allocator.build_profile(spec, gpu, pred, params)
+        others = max(0.0, gpu_act[ts.gpu] - obs.activity)
+        lvl = -(-round(others * allocator.UNITS) // round(params.grid_step * allocator.UNITS))
+        required = prof.shares[lvl] if lvl < len(prof.shares) else allocator.INFEASIBLE
+        floor = prof.min_share_pct
+        if required > 100:
+            notes.append(f"{name}: no share meets its SLO at demand {obs.demand_rps:g} rps and "
+                         f"co-runner activity {others:.2f}; keeping it at the maximum that fits")
+            required = 100
+        why = (f"demand {ts.demand_rps:g}→{obs.demand_rps:g} rps, co-runner activity "
+               f"{ts.activity_others:.2f}→{others:.2f}: required {required} %")
+        if required > ts.share_pct:
+            wants.append((0, name, max(required, floor), required,
+                          f"raise {ts.share_pct}→{max(required, floor)} %: {why}"))
+            continue
+        moved = (abs(obs.demand_rps - ts.demand_rps) > policy.demand_band * max(ts.demand_rps, 1e-9)
+                 or abs(others - ts.activity_others) > policy.activity_band)
+        target = max(min(required + policy.headroom_pct, ts.share_pct), floor)
+        if moved and ts.share_pct - target >= policy.lower_band_pct:
+            wants.append((1, name, target, required,
+                          f"lower {ts.share_pct}→{target} % (floor {floor} %): {why}"))
+    actions: list[VgpuSet] = []
+    new_tenants = dict(state.tenants)
+    gpu_total: dict[int, int] = {}
+    for ts in state.tenants.values():
+        gpu_total[ts.gpu] = gpu_total.get(ts.gpu, 0) + ts.share_pct
+    for prio, name, target, _required, why in sorted(wants):
+        ts = state.tenants[name]
+        if not ts.restartable:
+            notes.append(f"{name}: not restartable; would {why}")
+            continue
+        if ts.changed_at is not None and now - ts.changed_at < policy.cooldown_s:
+            notes.append(f"{name}: cooldown ({now - ts.changed_at:.0f}/{policy.cooldown_s:g} s); "
+                         f"would {why}")
+            continue
+        if budget <= 0:
+            notes.append(f"{name}: restart budget ({policy.restart_budget_per_hour}/h) spent; "
+                         f"would {why}")
+            continue
+        if prio == 0:
+            room = 100 - gpu_total[ts.gpu] + ts.share_pct
+            if target > room:
+                notes.append(f"{name}: GPU {ts.gpu} has room for {room} %, wanted {target} %")
+                target = room
+                if target <= ts.share_pct:
+                    continue
+        gpu_total[ts.gpu] += target - ts.share_pct
+        budget -= 1
+        restarts = (*restarts, now)
+        obs = observed[name]
+        actions.append(VgpuSet(name, target, ts.memory_bytes, reason=why))
+        new_tenants[name] = replace(
+            ts, share_pct=target, demand_rps=obs.demand_rps,
+            activity_others=max(0.0, gpu_act[ts.gpu] - obs.activity), changed_at=now,
+        )
+    return ReplanResult(ReplanState(new_tenants, restarts), tuple(actions), tuple(notes))

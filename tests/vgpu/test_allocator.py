@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpuguardd.model.llm import BUILTIN
+from gpuguardd.vgpu import allocator
+from gpuguardd.vgpu.gpus import GPUS
+
+from .conftest import A100, example_tenants
+
+MODELS = sorted(BUILTIN)
+
+
+def problem(tenants: tuple[allocator.TenantSpec, ...], preds: dict, gpus: int = 2
+            ) -> allocator.Problem:
+    return allocator.Problem(tenants, (A100,) * gpus, preds)
+
+
+def tenant(name: str, model: str, demand: float, ttft: float = 500.0, tpot: float = 60.0,
+           static: int | None = 50, **kw: object) -> allocator.TenantSpec:
+    return allocator.TenantSpec(name, model, BUILTIN[model], demand, 1024, 128, ttft, tpot,
+                                static, **kw)  # type: ignore[arg-type]
+
+
+def test_six_model_mix_saves_a_quarter_and_matches_the_oracle(a100_predictors: dict) -> None:
+    pb = problem(example_tenants(), a100_predictors)
+    plan, best, static = allocator.greedy(pb), allocator.oracle(pb), allocator.static(pb)
+    assert plan.feasible and best.feasible and best.optimal
+    static_total = sum(t.static_share_pct or 0 for t in pb.tenants)
+    assert plan.total_share_pct <= 0.75 * static_total
+    assert best.total_share_pct <= plan.total_share_pct <= 1.05 * best.total_share_pct
+    for a in plan.assignments.values():
+        t = next(x for x in pb.tenants if x.name == a.tenant)
+        assert a.predicted_ttft_p99_ms is not None and a.predicted_ttft_p99_ms <= t.ttft_slo_ms
+        assert a.predicted_tpot_p99_ms is not None and a.predicted_tpot_p99_ms <= t.tpot_slo_ms
+    for g in range(2):
+        on = [a for a in plan.assignments.values() if a.gpu == g]
+        assert sum(a.share_pct or 0 for a in on) <= 100
+        assert sum(a.memory_bytes for a in on) <= A100.memory_bytes
+    assert static.total_share_pct == static_total
+
+
+def test_co_runners_raise_the_share(a100_predictors: dict) -> None:
+    alone = allocator.greedy(problem((tenant("a", "Qwen3-4B", 1.5),), a100_predictors, 1))
+    crowd = allocator.greedy(problem(
+        (tenant("a", "Qwen3-4B", 1.5), tenant("b", "Qwen3-8B", 1.0),
+         tenant("c", "DeepSeek-R1-Distill-Qwen-7B", 1.0)), a100_predictors, 1))
+    assert crowd.feasible
+    assert crowd.assignments["a"].share_pct > alone.assignments["a"].share_pct
+
+
+def test_share_starts_at_the_memory_feasible_minimum(a100_predictors: dict) -> None:
+    # a trickle of demand with lax SLOs: only memory binds
+    t = tenant("a", "Qwen3-8B", 0.01, ttft=10_000, tpot=1_000, max_batch=32)
+    plan = allocator.greedy(problem((t,), a100_predictors, 1))
+    a = plan.assignments["a"]
+    assert a.share_pct == -(-100 * a.memory_bytes // A100.memory_bytes)
+
+
+@pytest.mark.parametrize(("spec", "reason"), [
+    (dict(model="Qwen3-8B", demand=50.0), "throughput"),
+    (dict(model="Qwen3-8B", demand=0.1, ttft=20.0), "TTFT"),
+    (dict(model="Qwen3-8B", demand=0.1, tpot=5.0), "TPOT"),
+])
+def test_infeasible_tenants_are_reported_with_a_reason(
+    a100_predictors: dict, spec: dict, reason: str
+) -> None:
+    t = tenant("x", **spec)  # type: ignore[arg-type]
+    ok = tenant("ok", "Qwen3-0.6B", 1.0)
+    for plan in (allocator.greedy(problem((t, ok), a100_predictors)),
+                 allocator.oracle(problem((t, ok), a100_predictors))):
+        assert not plan.feasible
+        assert not plan.assignments["x"].feasible and reason in plan.assignments["x"].reason
+        assert plan.assignments["ok"].feasible
+
+
+def test_memory_infeasible_on_a_small_gpu() -> None:
+    from gpuguardd.vgpu import synthetic
+
+    rtx = GPUS["RTX6000"]
+    t = tenant("big", "Qwen3-8B", 0.1, max_batch=64)
+    preds = {("Qwen3-8B", rtx.name): synthetic.fitted_predictor(BUILTIN["Qwen3-8B"], rtx)}
+    plan = allocator.greedy(allocator.Problem((t,), (rtx,), preds))
+    assert "memory" in plan.assignments["big"].reason
+
+
+def test_missing_predictor_is_a_reason_not_a_crash(a100_predictors: dict) -> None:
+    t = replace(tenant("x", "Qwen3-4B", 1.0), model="unprofiled")
+    plan = allocator.greedy(problem((t,), a100_predictors))
+    assert "no predictor" in plan.assignments["x"].reason
+
+
+def _brute_force(pb: allocator.Problem) -> int | None:
+    """Minimum total share over every placement, evaluated with the allocator's own model."""
+    profiles, _ = allocator._profiles(pb)
+    best: int | None = None
+    names = [t.name for t in pb.tenants]
+    for placement in itertools.product(range(len(pb.gpus)), repeat=len(names)):
+        total = 0
+        for g in range(len(pb.gpus)):
+            members = [n for n, gg in zip(names, placement, strict=True) if gg == g]
+            units = sum(profiles[(n, A100.name)].activity_units for n in members)
+            shares = [allocator._share_at(profiles[(n, A100.name)],
+                                          units - profiles[(n, A100.name)].activity_units,
+                                          pb.params) for n in members]
+            mem = sum(profiles[(n, A100.name)].memory_bytes for n in members)
+            if sum(shares) > 100 or any(s > 100 for s in shares) or mem > A100.memory_bytes:
+                total = -1
+                break
+            total += sum(shares)
+        if total >= 0 and (best is None or total < best):
+            best = total
+    return best
+
+
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(MODELS), st.floats(0.2, 4.0)), min_size=2,
+                max_size=5))
+def test_oracle_is_exact_and_greedy_never_beats_it(a100_predictors: dict, specs: list) -> None:
+    ts = tuple(tenant(f"t{i}", m, round(d, 2), ttft=800, tpot=80)
+               for i, (m, d) in enumerate(specs))
+    pb = problem(ts, a100_predictors, 2)
+    exact = _brute_force(pb)
+    best = allocator.oracle(pb)
+    if exact is None:
+        assert not best.feasible
+        return
+    assert best.feasible and best.total_share_pct == exact
+    plan = allocator.greedy(pb)
+    if plan.feasible:
+        assert plan.total_share_pct >= exact
+
+
+def test_static_baseline_flags_slo_violations(a100_predictors: dict) -> None:
+    ts = (tenant("a", "Qwen3-8B", 1.0, static=10), tenant("b", "Qwen3-4B", 1.0, static=90))
+    plan = allocator.static(problem(ts, a100_predictors, 1))
+    assert plan.assignments["a"].share_pct == 10 and not plan.assignments["a"].feasible
+    assert "p99" in plan.assignments["a"].reason

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from gpuguardd.model.actions import VgpuSet
+from gpuguardd.model.llm import BUILTIN
+from gpuguardd.vgpu import allocator
+from gpuguardd.vgpu.replan import (
+    Observation,
+    ReplanPolicy,
+    ReplanState,
+    TenantState,
+    replan,
+)
+
+from .conftest import A100
+
+
+def spec(name: str, model: str, demand: float) -> allocator.TenantSpec:
+    return allocator.TenantSpec(name, model, BUILTIN[model], demand, 1024, 128, 500.0, 60.0)
+
+
+@pytest.fixture()
+def setup(a100_predictors: dict) -> tuple[dict, allocator.Problem, ReplanState]:
+    tenants = {"a": spec("a", "Qwen3-4B", 1.0), "b": spec("b", "Qwen3-8B", 0.5)}
+    pb = allocator.Problem(tuple(tenants.values()), (A100,), a100_predictors)
+    plan = allocator.greedy(pb)
+    state = ReplanState({
+        n: TenantState(a.share_pct or 0, a.memory_bytes, 0, tenants[n].demand_rps,
+                       plan.assignments["b" if n == "a" else "a"].sm_activity)
+        for n, a in plan.assignments.items()
+    })
+    return tenants, pb, state
+
+
+def obs_of(pb: allocator.Problem, tenants: dict, demand: dict[str, float]) -> dict:
+    out = {}
+    for n, t in tenants.items():
+        t2 = replace(t, demand_rps=demand.get(n, t.demand_rps))
+        prof = allocator.build_profile(t2, A100, pb.predictors[(t.model, A100.name)], pb.params)
+        out[n] = Observation(t2.demand_rps, prof.activity_units / allocator.UNITS)
+    return out
+
+
+def test_steady_state_emits_nothing(setup: tuple) -> None:
+    tenants, pb, state = setup
+    res = replan(state, tenants, obs_of(pb, tenants, {}), pb, now=1000.0)
+    assert res.actions == ()
+
+
+def test_demand_surge_raises_the_share_with_a_reason_and_converges(setup: tuple) -> None:
+    tenants, pb, state = setup
+    obs = obs_of(pb, tenants, {"a": 2.5})
+    res = replan(state, tenants, obs, pb, now=1000.0)
+    (act,) = [a for a in res.actions if a.tenant == "a"]
+    assert isinstance(act, VgpuSet) and act.compute_pct > state.tenants["a"].share_pct
+    assert "1→2.5 rps" in act.reason and "raise" in act.reason
+    # re-planning on the new state with the same observations converges (no further action)
+    again = replan(res.state, tenants, obs, pb, now=2000.0)
+    assert [a for a in again.actions if a.tenant == "a"] == []
+
+
+def test_small_drift_inside_the_band_does_not_lower(setup: tuple) -> None:
+    tenants, pb, state = setup
+    res = replan(state, tenants, obs_of(pb, tenants, {"a": 0.9}), pb, now=1000.0)
+    assert res.actions == ()
+
+
+def test_lowering_keeps_headroom_and_memory_floor(setup: tuple) -> None:
+    tenants, pb, state = setup
+    big = ReplanState({**state.tenants, "a": replace(state.tenants["a"], share_pct=60)})
+    res = replan(big, tenants, obs_of(pb, tenants, {"a": 0.01}), pb, now=1000.0)
+    (act,) = [a for a in res.actions if a.tenant == "a"]
+    prof = allocator.build_profile(replace(tenants["a"], demand_rps=0.01), A100,
+                                   pb.predictors[("Qwen3-4B", A100.name)], pb.params)
+    assert prof.min_share_pct <= act.compute_pct < 60
+    assert "lower" in act.reason and "floor" in act.reason
+
+
+def test_cooldown_budget_and_restartability(setup: tuple) -> None:
+    tenants, pb, state = setup
+    obs = obs_of(pb, tenants, {"a": 2.5})
+    cooling = ReplanState({**state.tenants, "a": replace(state.tenants["a"], changed_at=900.0)})
+    res = replan(cooling, tenants, obs, pb, now=1000.0, policy=ReplanPolicy(cooldown_s=300))
+    assert res.actions == () and any("cooldown" in n for n in res.notes)
+    spent = ReplanState(state.tenants, restarts=(100.0, 200.0))
+    res = replan(spent, tenants, obs, pb, now=1000.0,
+                 policy=ReplanPolicy(restart_budget_per_hour=2))
+    assert res.actions == () and any("budget" in n for n in res.notes)
+    # an hour later the budget is back
+    res = replan(spent, tenants, obs, pb, now=3900.0,
+                 policy=ReplanPolicy(restart_budget_per_hour=2))
+    assert [a.tenant for a in res.actions] == ["a"]
+    fixed = ReplanState({**state.tenants, "a": replace(state.tenants["a"], restartable=False)})
+    res = replan(fixed, tenants, obs, pb, now=1000.0)
+    assert res.actions == () and any("not restartable" in n for n in res.notes)
+
+
+def test_raise_is_clipped_to_the_gpu_room(setup: tuple) -> None:
+    tenants, pb, state = setup
+    full = ReplanState({**state.tenants, "b": replace(state.tenants["b"],
+                                                      share_pct=100 - state.tenants["a"].share_pct
+                                                      - 1)})
+    res = replan(full, tenants, obs_of(pb, tenants, {"a": 3.0}), pb, now=1000.0)
+    acts = [a for a in res.actions if a.tenant == "a"]
+    assert acts and acts[0].compute_pct == state.tenants["a"].share_pct + 1
+    assert any("has room" in n for n in res.notes)
