@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 SLO_MS = 3.0
 CALM_S = 5.0
 DEADLINE_S = 30.0
+#: after this long without a throttle, ask the daemon why (seconds)
+GAP_PROBE_S = 10.0
 VICTIM = Path(__file__).with_name("victim.py")
 
 
@@ -168,6 +170,11 @@ def test_daemon_throttles_real_antagonist_until_victim_meets_slo(tmp_path: Path)
                     if not limit.unlimited and (not caps or caps[-1] != limit):
                         caps.append(limit)
                         first_throttle = first_throttle or time.time()
+                    if first_throttle is None and time.time() - antagonist_at > GAP_PROBE_S:
+                        why = _status(log_path).get("tenants", {}).get("victim", {}).get(
+                            "last_reason", "")
+                        if "cause unknown" in why:
+                            break  # the known policy gap, see below: no need to wait longer
                     if first_throttle is not None and not limit.unlimited:
                         last3 = _seconds(results, first_throttle)[-3:]
                         if len(last3) == 3 and all(r["p99_ms"] < SLO_MS for r in last3):
