@@ -31,7 +31,11 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 SLO_MS = 3.0
 CALM_S = 5.0
+#: seconds of unthrottled interference measured before the daemon starts
+HIT_S = 4.0
 DEADLINE_S = 30.0
+#: after this long without a throttle, ask the daemon why (seconds)
+GAP_PROBE_S = 10.0
 VICTIM = Path(__file__).with_name("victim.py")
 
 
@@ -148,6 +152,14 @@ def test_daemon_throttles_real_antagonist_until_victim_meets_slo(tmp_path: Path)
         if _median(calm) > SLO_MS / 2:
             pytest.skip(f"machine too busy for a latency test: the victim's calm p99 is "
                         f"{_median(calm):.1f} ms before any antagonist (SLO {SLO_MS} ms)")
+        # the interference without gpuguardd, for the record and as a precondition
+        hit_at = time.time()
+        with dd_antagonist(etl_cg, tmp_path / "dd.bin", parallel=3, bs_mib=4):
+            time.sleep(HIT_S)
+        hit = [r["p99_ms"] for r in _seconds(results, hit_at + 1, time.time())]
+        if _median(hit) < SLO_MS:
+            pytest.skip(f"the antagonist does not break the SLO on this disk: victim p99 "
+                        f"{_median(hit):.1f} ms < {SLO_MS} ms")
         cfg = _config(tmp_path, victim_rel, etl_rel, devno)
         with log_path.open("w") as log:
             daemon = subprocess.Popen(
@@ -168,6 +180,11 @@ def test_daemon_throttles_real_antagonist_until_victim_meets_slo(tmp_path: Path)
                     if not limit.unlimited and (not caps or caps[-1] != limit):
                         caps.append(limit)
                         first_throttle = first_throttle or time.time()
+                    if first_throttle is None and time.time() - antagonist_at > GAP_PROBE_S:
+                        why = _status(log_path).get("tenants", {}).get("victim", {}).get(
+                            "last_reason", "")
+                        if "cause unknown" in why:
+                            break  # the known policy gap, see below: no need to wait longer
                     if first_throttle is not None and not limit.unlimited:
                         last3 = _seconds(results, first_throttle)[-3:]
                         if len(last3) == 3 and all(r["p99_ms"] < SLO_MS for r in last3):
@@ -194,10 +211,10 @@ def test_daemon_throttles_real_antagonist_until_victim_meets_slo(tmp_path: Path)
                 daemon.wait()
             with contextlib.suppress(Exception):
                 io.set_limit(etl_rel, devno, IoLimit())
-    hit = [r["p99_ms"] for r in _seconds(results, antagonist_at + 1, first_throttle)]
     after = [r["p99_ms"] for r in _seconds(results, recovered - 3)]
     print(f"\nvictim p99 (median of 1 s windows): calm {_median(calm):.2f} ms, "
-          f"antagonist unthrottled {_median(hit):.2f} ms, throttled {_median(after):.2f} ms "
+          f"antagonist without gpuguardd {_median(hit):.2f} ms, "
+          f"with gpuguardd {_median(after):.2f} ms "
           f"(SLO {SLO_MS} ms); first throttle {first_throttle - antagonist_at:.1f} s after "
           f"the antagonist started, back under SLO after {recovered - antagonist_at:.1f} s; "
           f"caps {[str(c) for c in caps]}")
