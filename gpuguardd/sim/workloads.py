@@ -20,7 +20,7 @@ import numpy as np
 from gpuguardd.model.actions import IoLimit
 from gpuguardd.model.llm import LlmArch, builtin
 from gpuguardd.model.snapshot import Placement
-from gpuguardd.sim.calibration import GpuCalibration, ModelCost, decode_step_s
+from gpuguardd.sim.calibration import GpuCalibration, ModelCost
 from gpuguardd.sim.events import EventLoop
 from gpuguardd.sim.fabric import INF, Flow
 from gpuguardd.sim.traces import Trace
@@ -339,9 +339,13 @@ class Inference(Tenant):
         self.batch_frac = 0.0
         self.flow: Flow | None = None
         self.wake_at = INF
-        #: running decodes: (end time, KV tokens held) min-heap, and their KV tokens in total
-        self.decodes: list[tuple[float, int]] = []
+        #: running decodes: (end time, KV tokens reserved, mean context) min-heap, and the sums
+        #: of both over the running sequences (admission uses the reservation, the decode step
+        #: reads the mean context)
+        self.decodes: list[tuple[float, int, int]] = []
         self.kv_tokens = 0
+        self.ctx_tokens = 0
+        self.kv_budget = self._kv_budget_tokens()
         self.requests = 0
         self.completed = 0
         self.window_ttft: list[float] = []
@@ -359,7 +363,8 @@ class Inference(Tenant):
         return int(self.cost.weight_bytes + 4 * ctx * self.cost.kv_bytes_per_token)
 
     def _kv_budget_tokens(self) -> int:
-        """KV tokens that fit next to the weights (what vLLM's block manager can hand out)."""
+        """KV tokens that fit next to the weights (what vLLM's block manager can hand out);
+        sized when the engine starts, like vLLM's KV cache."""
         free = self.env_memory() - self.cost.weight_bytes
         return max(0, int(free // self.cost.kv_bytes_per_token))
 
@@ -373,6 +378,7 @@ class Inference(Tenant):
     # -- lifecycle ----------------------------------------------------------------------------
     def begin(self, t: float) -> None:
         self.epoch += 1
+        self.kv_budget = self._kv_budget_tokens()
         self._kick(t)
 
     def set_active(self, t: float, active: bool) -> None:
@@ -463,10 +469,11 @@ class Inference(Tenant):
             self._sleep_until(q[0][0])
             return
         dec = self.decodes
-        self.drain_completed(t)
+        if dec and dec[0][0] <= t:
+            self.drain_completed(t)
         s = self.spec
         slots = s.max_batch - len(dec)
-        kv_free = self._kv_budget_tokens() - self.kv_tokens
+        kv_free = self.kv_budget - self.kv_tokens
         head_kv = q[0][2] + q[0][3]
         if dec and (slots <= 0 or head_kv > kv_free):
             # admission waits for running sequences to finish and free their KV blocks
@@ -529,33 +536,41 @@ class Inference(Tenant):
         self.rho = a * self.rho + (1 - a) * min(1.0, busy / span)
         self.rho_t = t
         dec = self.decodes
+        cost = self.cost
         cal = self.env.calibration(self)
         hbm = self.env.hbm_fraction(self)
+        total_out = 0
+        for r in batch:
+            p, o = r[2], r[3]
+            self.kv_tokens += p + o
+            self.ctx_tokens += p + o // 2
+            total_out += o
         n = len(dec) + len(batch)
-        ctx_new = sum(p + o // 2 for _, _, p, o, _ in batch)
-        ctx = (self.kv_tokens + ctx_new) / n  # mean context of the running sequences
-        step = decode_step_s(self.cost, cal, n, ctx, hbm, self.env.layer_overhead_s)
+        # decode_step_s() with the running sequences' summed context
+        read = cost.weight_bytes + self.ctx_tokens * cost.kv_bytes_per_token
+        step = read / (cal.hbm_eff_bps * hbm) + cost.layers * self.env.layer_overhead_s
         tpot = step * (1.0 + self.rho)
-        self.kv_tokens += ctx_new
+        win_ttft, win_tpot = self.window_ttft, self.window_tpot
+        all_t, all_ttft, all_tpot = self.ttft_t, self.ttft_s, self.tpot_s
+        push = heapq.heappush
         for _, arr, p, o, _ in batch:
             ttft = t - arr
-            self.window_ttft.append(ttft)
-            self.ttft_t.append(t)
-            self.ttft_s.append(ttft)
-            self.window_tpot.append(tpot)
-            self.tpot_s.append(tpot)
-            heapq.heappush(dec, (t + o * tpot, p + o // 2))
-            self.tx_bytes += 4.0 * o  # generated token ids back to the host
-        total_out = sum(o for _, _, _, o, _ in batch)
-        per_token_bytes = self.cost.weight_bytes / n + ctx * self.cost.kv_bytes_per_token
-        self.env.note_busy(self, total_out * tpot / n, self.batch_frac,
-                           total_out * per_token_bytes)
+            win_ttft.append(ttft)
+            all_t.append(t)
+            all_ttft.append(ttft)
+            win_tpot.append(tpot)
+            all_tpot.append(tpot)
+            push(dec, (t + o * tpot, p + o, p + o // 2))
+        self.tx_bytes += 4.0 * total_out  # generated token ids back to the host
+        self.env.note_busy(self, total_out * tpot / n, self.batch_frac, total_out * read / n)
         self._kick(t)
 
     def drain_completed(self, now: float) -> int:
         dec = self.decodes
         while dec and dec[0][0] <= now:
-            self.kv_tokens -= heapq.heappop(dec)[1]
+            _, kv, ctx = heapq.heappop(dec)
+            self.kv_tokens -= kv
+            self.ctx_tokens -= ctx
             self.completed += 1
         return self.completed
 
