@@ -166,7 +166,6 @@ class SimHost:
                 if name not in links:
                     links[name] = len(dom.capacities)
                     dom.capacities.append(cap)
-                    dom.link_bytes.append(0.0)
                 return links[name]
 
             path = (link(f"gpu{g.index}", self.spec.link_bps(g.index)),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,13 +129,7 @@ class Draws:
         return self._buf[self._i - 1]
 
 
-@dataclass(slots=True)
-class IoCounter:
-    rbytes: float = 0.0
-    rios: int = 0
-
-
-class Tenant:
+class Tenant(ABC):
     """State every tenant kind shares: placement, lifecycle, limits, counters.
 
     ``up``: the process exists (false during a restart's downtime or after a stop lever);
@@ -161,7 +156,6 @@ class Tenant:
         self.pending_share_pct: int | None = spec.share_pct
         self.memory_limit_bytes: int | None = spec.memory_limit_bytes
         self.io_limits: dict[str, IoLimit] = {}
-        self.io: dict[str, IoCounter] = {}
         self.downtime_s = 0.0
         self.down_since: float | None = None
         #: mean demand for SMs while active (inference: its prefill-busy fraction)
@@ -206,18 +200,22 @@ class Tenant:
         """A scenario ``set`` event: new workload parameters from ``t`` on."""
         self.spec = spec
 
-    # -- to be provided by each kind ----------------------------------------------------------
-    def begin(self, t: float) -> None:
-        raise NotImplementedError
-
-    def halt(self, t: float) -> None:
-        raise NotImplementedError
-
     def memory_need_bytes(self) -> int:
+        """GPU memory the process needs to start (batch jobs: assumed to fit)."""
         return 0
 
+    # -- provided by each kind ----------------------------------------------------------------
+    @abstractmethod
+    def begin(self, t: float) -> None:
+        """Start working at ``t`` (process up and workload on)."""
+
+    @abstractmethod
+    def halt(self, t: float) -> None:
+        """Stop all activity at ``t``: cancel flows, void pending callbacks."""
+
+    @abstractmethod
     def results(self, now: float, seconds: float) -> dict[str, float | int | None]:
-        raise NotImplementedError
+        """Ground truth for the evaluation layer."""
 
 
 # -- inference -----------------------------------------------------------------------------------
@@ -415,6 +413,10 @@ class Inference(Tenant):
 
     def apply_spec(self, t: float, spec: TenantSpec) -> None:
         self._pull(t)
+        if spec.trace is None:  # Poisson arrivals are redrawn from t: forget the look-ahead
+            while self.queue and self.queue[-1][1] > t:
+                self.queue.pop()
+                self.requests -= 1
         super().apply_spec(t, spec)
         self.stream.retarget(spec, t)
         if self.working:
