@@ -74,7 +74,9 @@ def main() -> int:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, load average {load:.1f} at the end of the run. "
-        f"Median of {args.repeat} runs, observing every {args.interval:g} s, no controller.",
+        f"Median of {args.repeat} runs, observing every {args.interval:g} s, no controller. "
+        "Wall time includes waiting for a CPU when the machine is shared (load average above "
+        "its CPU count); CPU time is what the run needs from one idle core.",
         "",
         "| scenario | virtual s | wall s | CPU s | x real time | events | requests | target |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
