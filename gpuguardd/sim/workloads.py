@@ -605,13 +605,13 @@ class Inference(Tenant):
             "downtime_s": self.downtime(now),
         }
 
-    def window_p99_ms(self, seconds: int) -> list[float | None]:
-        """p99 TTFT of the requests whose first token came in each 1-second window."""
+    def window_p99_ms(self, seconds: int, metric: str = "ttft") -> list[float | None]:
+        """p99 TTFT (or TPOT) of the requests whose first token came in each 1-s window."""
         out: list[float | None] = [None] * seconds
         if not self.ttft_s:
             return out
         t = np.asarray(self.ttft_t)
-        v = np.asarray(self.ttft_s) * 1e3
+        v = np.asarray(self.ttft_s if metric == "ttft" else self.tpot_s) * 1e3
         sec = np.floor(t).astype(np.int64)
         order = np.lexsort((v, sec))
         sec, v = sec[order], v[order]
@@ -624,12 +624,21 @@ class Inference(Tenant):
         return out
 
     def violation_rate(self) -> float | None:
-        slo = self.spec.ttft_p99_ms
-        if slo is None or not self.ttft_t:
+        """Fraction of 1-s windows (with requests) whose p99 TTFT or p99 TPOT exceeded the
+        tenant's SLO for it; None without an SLO or without requests."""
+        slos = [(m, s) for m, s in (("ttft", self.spec.ttft_p99_ms),
+                                    ("tpot", self.spec.tpot_p99_ms)) if s is not None]
+        if not slos or not self.ttft_t:
             return None
         seconds = math.floor(max(self.ttft_t)) + 1
-        p99 = [x for x in self.window_p99_ms(seconds) if x is not None]
-        return sum(1 for x in p99 if x > slo) / len(p99) if p99 else None
+        bad = np.zeros(seconds, dtype=bool)
+        seen = np.zeros(seconds, dtype=bool)
+        for metric, slo in slos:
+            for i, x in enumerate(self.window_p99_ms(seconds, metric)):
+                if x is not None:
+                    seen[i] = True
+                    bad[i] |= x > slo
+        return float(bad[seen].mean()) if seen.any() else None
 
 
 # -- ETL -----------------------------------------------------------------------------------------
