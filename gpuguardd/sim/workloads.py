@@ -34,45 +34,52 @@ RHO_TAU_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class TenantSpec:
-    """One ``[[tenant]]`` of a scenario, validated (units in the names)."""
+    """One ``[[tenant]]`` of a scenario, validated (units in the names).
+
+    Keys beyond CONTRACTS.md are workload parameters a real deployment has too: prompt and
+    output lengths, how much of a prompt a prefix hit covers, the ETL's chunk size, a training
+    step's time and batch bytes, and the weights with which a tenant competes (``streams``:
+    DMA copies in flight on PCIe; ``sm_weight``: how hard its kernels fill the SMs of a shared
+    pool - a training job's large grids take more than an inference server's).
+    """
 
     name: str
     kind: str  # inference | etl | training
     tenant_class: str  # latency | batch
     gpu: int = 0
-    instance: int | None = None
+    instance: int | None = None  # index into the GPU's initial MIG layout
     restartable: bool | None = None
     ttft_p99_ms: float | None = None
     tpot_p99_ms: float | None = None
     # inference
-    model: str = "llama2-7b"
-    rate_rps: float = 10.0
+    model: str = "llama2-7b"  # a gpuguardd.model.llm built-in
+    rate_rps: float = 10.0  # Poisson arrivals (unless ``trace``)
     trace: Trace | None = None
-    kv_offload: bool = False
-    input_bytes_per_request: float = 0.0
-    prompt_tokens: int = 512
-    output_tokens: int = 128
-    token_sigma: float = 0.25
-    prefix_hit_rate: float = 0.3
-    prefix_fraction: float = 0.75
-    max_batch_tokens: int = 2048
-    max_batch: int = 256
-    host_delay_ms: float = 0.3
+    kv_offload: bool = False  # prefix-cache KV in host memory, loaded over PCIe on a hit
+    input_bytes_per_request: float = 0.0  # extra host-to-device payload per request
+    prompt_tokens: int = 512  # Poisson arrivals: mean prompt length
+    output_tokens: int = 128  # Poisson arrivals: mean output length
+    token_sigma: float = 0.25  # lognormal spread of both lengths around their mean
+    prefix_hit_rate: float = 0.3  # without Mooncake hash_ids: P(prefix hit)
+    prefix_fraction: float = 0.75  # share of the prompt a hit covers
+    max_batch_tokens: int = 2048  # new tokens per prefill iteration (chunked-prefill budget)
+    max_batch: int = 256  # running sequences
+    host_delay_ms: float = 0.3  # tokenisation and scheduling on the host
     # etl
-    device: str | None = None
-    read_bps: float = 2.0e9
-    chunk_bytes: float = 64 * 2**20
-    buffers: int = 2
+    device: str | None = None  # block device name or MAJ:MIN; default: first on its NUMA node
+    read_bps: float = 2.0e9  # what the job reads when nothing limits it
+    chunk_bytes: float = 64 * 2**20  # staging buffer copied to the GPU per transfer
+    buffers: int = 2  # staging buffers (read-ahead depth)
     # training
-    step_s: float = 0.5
-    batch_bytes: float = 256 * 2**20
-    hbm_fraction: float = 0.3
+    step_s: float = 0.5  # step time alone on a whole GPU
+    batch_bytes: float = 256 * 2**20  # data loaded to the GPU per step
+    hbm_fraction: float = 0.3  # HBM bandwidth it uses of its pool
     # sharing
     streams: float = 1.0  # PCIe weight: DMA transfers in flight
     sm_weight: float = 1.0  # SM weight under MPS/time-slicing
-    mps_pct: int | None = None
-    share_pct: int | None = None
-    memory_limit_bytes: int | None = None
+    mps_pct: int | None = None  # initial MPS active-thread percentage
+    share_pct: int | None = None  # initial HAMi compute share
+    memory_limit_bytes: int | None = None  # initial HAMi memory limit
 
     @property
     def may_restart(self) -> bool:
