@@ -39,7 +39,8 @@ def test_builtin_scenarios_load(name: str) -> None:
     assert sc.name == name and sc.seed == 1
     assert sc.seconds == (3600 if name == "p4d-x2-hour" else 600)
     assert any(t.tenant_class == "latency" for t in sc.tenants)
-    assert len(sc.host_spec.topology.gpus) == (16 if name == "p4d-x2-hour" else 8)
+    gpus = {"p4d-x2-hour": 16, "shared-gpu": 1}.get(name, 8)
+    assert len(sc.host_spec.topology.gpus) == gpus
 
 
 @pytest.mark.skipif(not (SHARED / "azure-llm-2023").is_dir(), reason="shared data absent")

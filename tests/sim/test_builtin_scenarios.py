@@ -1,4 +1,4 @@
-"""The built-in noisy-neighbor scenario: interference is real and every lever acts on it."""
+"""The built-in scenarios: interference is real (not painted on) and the levers act on it."""
 
 from __future__ import annotations
 
@@ -101,3 +101,18 @@ def test_azure_conv_etl_phase_raises_the_tail() -> None:
     assert r["chat"]["completed"] == 19366  # the server keeps up with the trace
     calm = max(p99(host, "chat", 0, 1200), p99(host, "chat", 2400, 3600))
     assert p99(host, "chat", 1200, 2400) > 1.5 * calm
+
+
+def test_shared_gpu_mps_limit_on_the_co_runner_restores_the_tail() -> None:
+    sc = load_scenario("shared-gpu", seconds=300)
+    slo = sc.tenants[0].ttft_p99_ms
+    assert slo is not None
+    static = sc.build_host()
+    static.run(300, 2.0)
+    assert p99(static, "llm", 0, 120) < 0.5 * slo  # training starts at 120 s
+    assert p99(static, "llm", 120, 300) > 1.5 * slo
+    limited = sc.build_host()
+    limited.observe(120.0)
+    limited.restart_tenant("train", None, {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "50"})
+    limited.run(300, 2.0)
+    assert p99(limited, "llm", 145, 300) < 0.85 * slo
