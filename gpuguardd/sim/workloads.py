@@ -106,8 +106,9 @@ class Env(Protocol):
 
     def hbm_fraction(self, tenant: Tenant) -> float: ...
 
-    def host_delay_s(self, tenant: Tenant, unit_exp: float) -> float:
-        """Host-side delay of one request; ``unit_exp`` is a standard exponential draw."""
+    def host_delay(self, tenant: Tenant) -> tuple[float, float]:
+        """Host-side delay of the tenant's requests right now: (fixed part, mean of the
+        exponential tail), seconds."""
         ...
 
     def placement_memory_bytes(self, tenant: Tenant) -> int: ...
@@ -436,21 +437,26 @@ class Inference(Tenant):
         next one (an idle server then sleeps until it is ready instead of waking twice: at its
         arrival and again after its host-side delay)."""
         st = self.stream
+        nxt = st.peek()
+        if nxt is None or (nxt > t and not ahead):
+            return
         q = self.queue
         last_ready = q[-1][0] if q else 0.0
+        base, tail = self.env.host_delay(self)
+        draw = self.exponential.next
         while True:
-            nxt = st.peek()
-            if nxt is None:
-                break
             if nxt > t:
                 if not ahead:
                     break
                 ahead = False
             arr, p, o, c = st.pop()
-            ready = max(arr + self.env.host_delay_s(self, self.exponential.next()), last_ready)
+            ready = max(arr + base + tail * draw(), last_ready)
             last_ready = ready
             q.append((ready, arr, p, o, c))
             self.requests += 1
+            nxt = st.peek()
+            if nxt is None:
+                break
 
     def _wake(self, t: float, epoch: int) -> None:
         if epoch != self.epoch or t != self.wake_at:
