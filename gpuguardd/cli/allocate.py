@@ -8,13 +8,15 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuguardd.config import ConfigError
 from gpuguardd.model.llm import BUILTIN, LlmArch, ModelConfigError
-from gpuguardd.vgpu import alloc_input, allocator, synthetic
-from gpuguardd.vgpu.gpus import GPUS, GpuSpec
-from gpuguardd.vgpu.predictor import Predictor, PredictorError, predictors_from_json
+
+if TYPE_CHECKING:  # numpy/scipy load only when the command runs (the daemon's RSS)
+    from gpuguardd.vgpu import allocator
+    from gpuguardd.vgpu.gpus import GpuSpec
+    from gpuguardd.vgpu.predictor import Predictor
 
 ORACLE_MAX_TENANTS = 50
 
@@ -44,6 +46,10 @@ def load_problem(
     path: Path, gpus_override: int | None, predictors_file: str | None
 ) -> tuple[allocator.Problem, dict[str, str]]:
     """Read and validate everything; raises ConfigError with key paths."""
+    from gpuguardd.vgpu import alloc_input, allocator, synthetic
+    from gpuguardd.vgpu.gpus import GPUS
+    from gpuguardd.vgpu.predictor import PredictorError, predictors_from_json
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -189,6 +195,8 @@ def _table(res: dict[str, Any]) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from gpuguardd.vgpu import allocator
+
     t0 = time.perf_counter()
     try:
         problem, source = load_problem(Path(args.tenants), args.gpus, args.predictors)

@@ -62,6 +62,17 @@ class Publisher(Protocol):
     def publish(self, report: TickReport) -> None: ...
 
 
+class Operator(Protocol):
+    """Operator overrides (``gpuguardd ctl``), handled in the engine thread so that a request
+    never races a tick: ``drain`` carries out queued requests, ``screen`` holds back actions
+    the operator vetoed (returning an outcome for each one held)."""
+
+    def drain(self, executor: Executor, now: float) -> list[Outcome]: ...
+
+    def screen(self, actions: Sequence[Action],
+               now: float) -> tuple[tuple[Action, ...], list[Outcome]]: ...
+
+
 @dataclass
 class Engine:
     host: Host
@@ -70,11 +81,14 @@ class Engine:
     policy: Policy
     publishers: Sequence[Publisher] = ()
     notifier: Notifier = field(default_factory=NullNotifier)
+    operator: Operator | None = None
     state: Any = None
     ticks: int = 0
     tick_errors: int = 0
     last_report: TickReport | None = None
     _ready: bool = False
+    #: outcomes of a tick that failed after expiring actions: published with the next tick
+    _carried: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.state is None:
@@ -83,14 +97,30 @@ class Engine:
     # -- one pass -------------------------------------------------------------------------
     def tick(self, now: float) -> TickReport:
         t0 = time.perf_counter()
-        snapshot = self.host.observe(now)
-        outcomes = self.executor.expire(now)
+        # Expiry first: a throttle must end on time even when observing the host fails.
+        expired = self.executor.expire(now)
+        try:
+            snapshot = self.host.observe(now)
+        except Exception:
+            for outcome in expired:
+                self._log_outcome(outcome)
+            self._carried += expired
+            raise
+        carried, self._carried = self._carried, []
+        outcomes = expired
+        if self.operator is not None:
+            outcomes += self.operator.drain(self.executor, now)
         outcomes += self.executor.advance(snapshot)
         self.state, decision = self.policy.decide(self.state, snapshot, self.config)
-        outcomes += self.executor.apply(decision.actions, now)
-        self.state = self.policy.absorb(self.state, outcomes, now)
+        actions = decision.actions
+        if self.operator is not None:
+            actions, held = self.operator.screen(actions, now)
+            outcomes += held
+        outcomes += self.executor.apply(actions, now)
         for outcome in outcomes:
             self._log_outcome(outcome)
+        outcomes = carried + outcomes
+        self.state = self.policy.absorb(self.state, outcomes, now)
         report = TickReport(now, snapshot, self.state, tuple(outcomes),
                             time.perf_counter() - t0)
         self.last_report = report
