@@ -258,6 +258,8 @@ def _evaluate(
     point takes the smallest feasible batch, or the largest allowed one where none is."""
     shape = np.broadcast(share, level, load.lam).shape
     batches = np.array(params.batches, dtype=np.int64)
+    # batch sizes no tenant here may use are dropped (the mask below handles the rest)
+    batches = batches[batches <= max(float(np.max(load.max_batch)), float(batches.min()))]
     bx = batches.reshape((-1,) + (1,) * len(shape))
     allowed = (bx <= np.maximum(load.max_batch, batches.min())) & np.ones(shape, dtype=bool)
     lam = load.lam
