@@ -9,6 +9,7 @@ also feed the generated configuration reference.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import tomllib
 import types
@@ -325,8 +326,13 @@ def _describe(value: Any) -> str:
     return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
+@functools.cache
+def _hints(cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _build(cls: type[Any], data: Mapping[str, Any], path: str, errors: list[str]) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {toml_key(f.name): f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     prefix = f"{path}." if path else ""
