@@ -63,11 +63,14 @@ def _samples(v: object) -> list[float] | None:
     """A number or a list of numbers as floats; None when the type is wrong."""
     if isinstance(v, bool):
         return None
-    if isinstance(v, int | float):
-        return [float(v)]
-    if isinstance(v, list) and all(isinstance(x, int | float) and not isinstance(x, bool)
-                                   for x in v):
-        return [float(x) for x in v]
+    try:  # JSON integers are unbounded: 1e400 written out overflows float (a bad value)
+        if isinstance(v, int | float):
+            return [float(v)]
+        if isinstance(v, list) and all(isinstance(x, int | float) and not isinstance(x, bool)
+                                       for x in v):
+            return [float(x) for x in v]
+    except OverflowError:
+        return [math.inf]
     return None
 
 
