@@ -82,6 +82,25 @@ class PushConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    socket: str = _f(
+        "/run/gpuguardd/control.sock",
+        "unix stream socket of `gpuguardd ctl` (owned by root, mode 0600); \"\" disables it",
+    )
+    max_request_bytes: int = _f(
+        4096, "a control request longer than this is refused, bytes", lo=64, hi=1_048_576
+    )
+    request_timeout_s: float = _f(
+        5.0, "a client that sends no complete request within this is dropped, seconds",
+        lo=0.1, hi=60.0,
+    )
+    default_hold_s: float = _f(
+        600.0, "after `ctl release`, the ladder may not re-apply that action for this long, "
+        "seconds (0: no hold)", lo=0.0, hi=86_400.0,
+    )
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     name: Literal["static", "guards", "placement", "mig", "full"] = _f(
         "full", "which levers the ladder may use"
@@ -134,6 +153,22 @@ class PolicyConfig:
         "an io throttle that has held a restartable suspect below its demand this long is "
         "replaced by moving the suspect off the shared link when a placement allows, to give "
         "it its bandwidth back (0 = never), seconds",
+        lo=0.0,
+    )
+    significance: float = _f(
+        0.05,
+        "a violating window is acted on only if its count of samples above the SLO is "
+        "significantly above the 1 % a p99 SLO allows (one-sided binomial test at this "
+        "level): a p99 over few samples is noisy and a lone excursion regresses by itself; "
+        "1.0 disables the test",
+        lo=1e-9,
+        hi=1.0,
+    )
+    restart_outage_s: float = _f(
+        40.0,
+        "expected outage of restarting a protected tenant (drain, MIG reconfiguration, "
+        "restart): it is resized or moved only once more of its requests have missed the SLO "
+        "than this outage would delay (ski rental), seconds",
         lo=0.0,
     )
     lever_memory_s: float = _f(
@@ -195,6 +230,9 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig, metadata={"doc": "daemon"})
     metrics: MetricsConfig = field(default_factory=MetricsConfig, metadata={"doc": "metrics"})
     push: PushConfig = field(default_factory=PushConfig, metadata={"doc": "push socket"})
+    control: ControlConfig = field(
+        default_factory=ControlConfig, metadata={"doc": "operator control socket"}
+    )
     policy: PolicyConfig = field(default_factory=PolicyConfig, metadata={"doc": "ladder"})
     tenants: tuple[TenantConfig, ...] = field(default=(), metadata={"doc": "tenants"})
 
@@ -362,6 +400,9 @@ def _check_semantics(cfg: Config, errors: list[str]) -> None:
         for j, dev in enumerate(t.devices):
             if not re.match(r"^\d+:\d+$", dev):
                 errors.append(f"{p}.devices[{j}]: {dev!r} is not MAJ:MIN")
+    sock = cfg.control.socket
+    if sock and (not sock.startswith("/") or "\0" in sock or len(sock.encode()) > 107):
+        errors.append(f"control.socket: {sock!r} must be an absolute path of at most 107 bytes")
     host, _, port = cfg.metrics.listen.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         errors.append(f"metrics.listen: {cfg.metrics.listen!r} is not host:port")

@@ -16,6 +16,7 @@ import structlog
 
 from gpuguardd import config as configmod
 from gpuguardd.config import Config
+from gpuguardd.export.control import ControlApi, ControlServer, OperatorQueue
 from gpuguardd.export.http import MetricsServer
 from gpuguardd.export.metrics import GpuguardCollector, make_registry
 from gpuguardd.host.protocol import Host
@@ -46,6 +47,7 @@ class Daemon:
     scenario_tenants: tuple[configmod.TenantConfig, ...] | None
     reloads: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     tmpdir: tempfile.TemporaryDirectory[str] | None = None
+    control: ControlServer | None = None
 
     def reload(self) -> None:
         if self.config_path is None or not Path(self.config_path).exists():
@@ -70,6 +72,8 @@ class Daemon:
 
     def run(self, stop: threading.Event, reload: threading.Event) -> None:
         self.server.start()
+        if self.control is not None:
+            self.control.start()
         log.info("started", backend=self.config.daemon.backend, listen=self.server.address,
                  tenants=[t.name for t in self.config.tenants], policy=self.config.policy.name,
                  dry_run=self.config.daemon.dry_run)
@@ -77,6 +81,8 @@ class Daemon:
             self.engine.run(stop, clock=self.clock, reload=reload, on_reload=self.reload,
                             sleep_scale=self.sleep_scale)
         finally:
+            if self.control is not None:
+                self.control.close()
             self.server.close()
             self.host.close()
             if self.tmpdir is not None:
@@ -125,9 +131,12 @@ def build(
         tmpdir = tempfile.TemporaryDirectory(prefix="gpuguardd-sim-")
         state_dir, durable = tmpdir.name, False
     else:
-        from gpuguardd.host.real import build_real_host
+        from gpuguardd.host.real import HostStartupError, build_real_host
 
-        host = build_real_host(cfg)
+        try:
+            host = build_real_host(cfg)
+        except HostStartupError as e:
+            raise StartupError(str(e)) from None
         clock = WallClock().now
         state_dir, durable = cfg.daemon.state_dir, True
         speed = 1.0
@@ -157,18 +166,42 @@ def build(
         }
 
     collector = GpuguardCollector(lambda: holder["engine"].config, extra)
+    operator = OperatorQueue(cfg.control.default_hold_s)
     engine = Engine(host, executor, cfg, ladder_policy(), publishers=(collector, board),
-                    notifier=from_environment())
+                    notifier=from_environment(), operator=operator)
     holder["engine"] = engine
+    api = ControlApi(board, operator, lambda: engine.config)
     try:
-        server = MetricsServer(cfg.metrics.listen, make_registry(collector), board.status)
+        server = MetricsServer(cfg.metrics.listen, make_registry(collector), api.status)
     except OSError as e:
         host.close()
         raise StartupError(f"metrics.listen {cfg.metrics.listen}: {e.strerror or e}") from None
+    try:
+        control = _control_server(cfg, api, simulated=scenario_tenants is not None)
+    except StartupError:
+        server.close()
+        host.close()
+        raise
     daemon = Daemon(cfg, host, engine, server, board, clock, speed, config_path,
-                    scenario_tenants, tmpdir=tmpdir)
+                    scenario_tenants, tmpdir=tmpdir, control=control)
     holder["daemon"] = daemon
     return daemon
+
+
+def _control_server(cfg: Config, api: ControlApi, *, simulated: bool) -> ControlServer | None:
+    """The `gpuguardd ctl` socket. A daemon on the real host that cannot bind it refuses to
+    start (a second daemon would fight the first); a simulated one runs without it."""
+    if not cfg.control.socket:
+        return None
+    try:
+        return ControlServer(cfg.control.socket, api,
+                             max_request_bytes=cfg.control.max_request_bytes,
+                             timeout_s=cfg.control.request_timeout_s)
+    except OSError as e:
+        if simulated:
+            log.warning("control_socket_unavailable", path=cfg.control.socket, error=str(e))
+            return None
+        raise StartupError(f"control.socket {cfg.control.socket}: {e}") from None
 
 
 def install_signal_handlers(stop: threading.Event, reload: threading.Event) -> None:

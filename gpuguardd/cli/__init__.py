@@ -17,6 +17,7 @@ from gpuguardd import __version__
 from gpuguardd.cli import (
     allocate,
     check_config,
+    ctl,
     evaluate,
     fit,
     probe,
@@ -37,6 +38,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     fit,
     profile,
     probe,
+    ctl,
 )
 
 

@@ -62,6 +62,17 @@ class Publisher(Protocol):
     def publish(self, report: TickReport) -> None: ...
 
 
+class Operator(Protocol):
+    """Operator overrides (``gpuguardd ctl``), handled in the engine thread so that a request
+    never races a tick: ``drain`` carries out queued requests, ``screen`` holds back actions
+    the operator vetoed (returning an outcome for each one held)."""
+
+    def drain(self, executor: Executor, now: float) -> list[Outcome]: ...
+
+    def screen(self, actions: Sequence[Action],
+               now: float) -> tuple[tuple[Action, ...], list[Outcome]]: ...
+
+
 @dataclass
 class Engine:
     host: Host
@@ -70,6 +81,7 @@ class Engine:
     policy: Policy
     publishers: Sequence[Publisher] = ()
     notifier: Notifier = field(default_factory=NullNotifier)
+    operator: Operator | None = None
     state: Any = None
     ticks: int = 0
     tick_errors: int = 0
@@ -95,9 +107,16 @@ class Engine:
             self._carried += expired
             raise
         carried, self._carried = self._carried, []
-        outcomes = expired + self.executor.advance(snapshot)
+        outcomes = expired
+        if self.operator is not None:
+            outcomes += self.operator.drain(self.executor, now)
+        outcomes += self.executor.advance(snapshot)
         self.state, decision = self.policy.decide(self.state, snapshot, self.config)
-        outcomes += self.executor.apply(decision.actions, now)
+        actions = decision.actions
+        if self.operator is not None:
+            actions, held = self.operator.screen(actions, now)
+            outcomes += held
+        outcomes += self.executor.apply(actions, now)
         for outcome in outcomes:
             self._log_outcome(outcome)
         outcomes = carried + outcomes

@@ -1,0 +1,271 @@
+"""Kubernetes tenant discovery: a fake kubelet speaking PodResources v1 over a unix socket."""
+
+import importlib
+import json
+import subprocess
+import sys
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from gpuguardd.host import kubelet
+from gpuguardd.host.kubelet import (
+    ApiServerPods,
+    ContainerAllocation,
+    Devices,
+    DiscoveryError,
+    PodInfo,
+    discover,
+    pods_from_json,
+)
+
+grpc = pytest.importorskip("grpc", reason="grpcio not installed (pip install .[kubernetes])")
+pytest.importorskip("grpc_tools", reason="grpcio-tools not installed (dev extra)")
+
+PROTO = Path(__file__).parent / "data" / "podresources_v1.proto"
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """Classes protoc generates from the .proto: an implementation independent of ours."""
+    out = tmp_path_factory.mktemp("gen")
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO.parent}",
+                    f"--python_out={out}", f"--grpc_python_out={out}",
+                    f"--descriptor_set_out={out / 'set.pb'}", PROTO.name], check=True)
+    sys.path.insert(0, str(out))
+    try:
+        pb2 = importlib.import_module("podresources_v1_pb2")
+        pb2_grpc = importlib.import_module("podresources_v1_pb2_grpc")
+    finally:
+        sys.path.remove(str(out))
+    return pb2, pb2_grpc, (out / "set.pb").read_bytes()
+
+
+def test_declared_messages_match_the_proto_file(generated):
+    from google.protobuf import descriptor_pb2
+
+    *_, set_bytes = generated
+    fds = descriptor_pb2.FileDescriptorSet.FromString(set_bytes)
+    (theirs,) = fds.file
+    ours = kubelet.file_descriptor()
+
+    def shape(f):
+        msgs = {m.name: sorted((x.name, x.number, x.type, x.label, x.type_name) for x in m.field)
+                for m in f.message_type}
+        svcs = {(s.name, m.name, m.input_type, m.output_type) for s in f.service for m in s.method}
+        return f.package, msgs, svcs
+
+    assert shape(ours) == shape(theirs)
+
+
+def alloc_response(pb2):
+    topo = pb2.TopologyInfo(nodes=[pb2.NUMANode(ID=1)])
+    return pb2.ListPodResourcesResponse(pod_resources=[
+        pb2.PodResources(name="chat-0", namespace="llm", containers=[
+            pb2.ContainerResources(name="vllm", cpu_ids=[2, 3], devices=[
+                pb2.ContainerDevices(resource_name="nvidia.com/gpu", device_ids=["GPU-aaa"],
+                                     topology=topo)]),
+        ]),
+        pb2.PodResources(name="etl-1", namespace="batch", containers=[
+            pb2.ContainerResources(name="etl", devices=[
+                pb2.ContainerDevices(resource_name="nvidia.com/mig-1g.10gb",
+                                     device_ids=["MIG-bbb"]),
+                pb2.ContainerDevices(resource_name="example.com/nic", device_ids=["eth9"])]),
+            pb2.ContainerResources(name="sidecar"),
+        ]),
+        pb2.PodResources(name="train", namespace="dra", containers=[
+            pb2.ContainerResources(name="t", dynamic_resources=[pb2.DynamicResource(
+                claim_name="gpu", claim_namespace="dra", claim_resources=[pb2.ClaimResource(
+                    driver_name="gpu.nvidia.com", pool_name="node1", device_name="gpu-1",
+                    cdi_devices=[pb2.CDIDevice(name="k8s.gpu.nvidia.com/device=gpu-1")])])]),
+        ]),
+    ])
+
+
+@pytest.fixture
+def fake_kubelet(generated, tmp_path):
+    pb2, pb2_grpc, _ = generated
+    calls = []
+
+    class Lister(pb2_grpc.PodResourcesListerServicer):
+        mode = "ok"
+
+        def List(self, request, context):
+            calls.append(request)
+            if Lister.mode == "denied":
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, "pod-resources is root-only")
+            return alloc_response(pb2)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb2_grpc.add_PodResourcesListerServicer_to_server(Lister(), server)
+    sock = tmp_path / "kubelet.sock"
+    assert server.add_insecure_port(f"unix://{sock}") == 1
+    server.start()
+    yield str(sock), Lister, calls
+    server.stop(grace=None)
+
+
+def test_list_over_the_real_protocol(fake_kubelet):
+    path, _, calls = fake_kubelet
+    client = kubelet.PodResourcesClient(path, timeout_s=5)
+    try:
+        allocs = client.list()
+        assert len(client.list()) == 4  # the channel is reused
+    finally:
+        client.close()
+    assert len(calls) == 2
+    by = {(a.namespace, a.pod, a.container): a for a in allocs}
+    chat = by[("llm", "chat-0", "vllm")]
+    assert chat.devices == (Devices("nvidia.com/gpu", ("GPU-aaa",), (1,)),)
+    assert chat.cpu_ids == (2, 3) and chat.gpus == ("GPU-aaa",)
+    assert by[("batch", "etl-1", "etl")].gpus == ("MIG-bbb",)  # the NIC is not a GPU
+    assert by[("batch", "etl-1", "sidecar")].gpus == ()
+    assert by[("dra", "train", "t")].devices == (Devices("dra:gpu.nvidia.com", ("gpu-1",)),)
+    assert by[("dra", "train", "t")].gpus == ("gpu-1",)
+
+
+def test_kubelet_errors_are_discovery_errors(fake_kubelet, tmp_path):
+    path, lister, _ = fake_kubelet
+    lister.mode = "denied"
+    client = kubelet.PodResourcesClient(path, timeout_s=5)
+    with pytest.raises(DiscoveryError, match="PERMISSION_DENIED: pod-resources is root-only"):
+        client.list()
+    client.close()
+    missing = kubelet.PodResourcesClient(str(tmp_path / "nope.sock"), timeout_s=0.5)
+    with pytest.raises(DiscoveryError, match=r"nope.sock: (UNAVAILABLE|DEADLINE_EXCEEDED)"):
+        missing.list()
+    missing.close()
+
+
+def test_without_grpcio_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "grpc", None)
+    with pytest.raises(DiscoveryError, match=r"gpuguardd\[kubernetes\]"):
+        kubelet.PodResourcesClient("/nonexistent")
+
+
+POD_LIST = {"kind": "PodList", "items": [
+    {"metadata": {"namespace": "llm", "name": "chat-0",
+                  "uid": "11111111-2222-3333-4444-555555555555",
+                  "annotations": {"gpuguard.io/enabled": "true", "gpuguard.io/tenant": "chat",
+                                  "gpuguard.io/class": "latency",
+                                  "gpuguard.io/ttft-p99-ms": "250",
+                                  "gpuguard.io/metrics-port": "8000"}},
+     "status": {"phase": "Running", "qosClass": "Burstable", "podIP": "10.1.2.3",
+                "containerStatuses": [{"name": "vllm", "containerID": "containerd://abc"}]}},
+    {"metadata": {"namespace": "batch", "name": "etl-1", "uid": "aaaa-bbbb",
+                  "annotations": {"gpuguard.io/enabled": "yes", "gpuguard.io/container": "etl",
+                                  "gpuguard.io/restartable": "true"}},
+     "status": {"phase": "Running", "qosClass": "Guaranteed"}},
+    {"metadata": {"namespace": "llm", "name": "broken", "uid": "c",
+                  "annotations": {"gpuguard.io/enabled": "true", "gpuguard.io/class": "latency"}},
+     "status": {"phase": "Running", "qosClass": "BestEffort"}},
+    {"metadata": {"namespace": "llm", "name": "chat-dup", "uid": "d",
+                  "annotations": {"gpuguard.io/enabled": "true", "gpuguard.io/tenant": "chat",
+                                  "gpuguard.io/class": "batch"}},
+     "status": {"phase": "Running", "qosClass": "BestEffort"}},
+    {"metadata": {"namespace": "llm", "name": "off", "uid": "e",
+                  "annotations": {"gpuguard.io/class": "batch"}},
+     "status": {"phase": "Running"}},
+    {"metadata": {"namespace": "kube-system", "name": "dns", "uid": "f"},
+     "status": {"phase": "Running"}},
+    {"metadata": {"namespace": "llm", "name": "done", "uid": "g",
+                  "annotations": {"gpuguard.io/enabled": "true"}},
+     "status": {"phase": "Succeeded"}},
+]}
+
+ALLOCS = [
+    ContainerAllocation("llm", "chat-0", "vllm", (Devices("nvidia.com/gpu", ("GPU-aaa",)),)),
+    ContainerAllocation("batch", "etl-1", "etl",
+                        (Devices("nvidia.com/mig-1g.10gb", ("MIG-bbb", "MIG-ccc")),)),
+    ContainerAllocation("batch", "etl-1", "other", (Devices("nvidia.com/gpu", ("GPU-zzz",)),)),
+]
+
+
+def test_discover_maps_opted_in_pods_to_tenants(tmp_path):
+    root = tmp_path / "cgroup"
+    # systemd driver (burstable pod) and cgroupfs driver (guaranteed pod)
+    (root / "kubepods.slice/kubepods-burstable.slice/"
+            "kubepods-burstable-pod11111111_2222_3333_4444_555555555555.slice").mkdir(parents=True)
+    (root / "kubepods/podaaaa-bbbb").mkdir(parents=True)
+    pods = pods_from_json(POD_LIST)
+    assert "done" not in [p.name for p in pods]
+    d = discover(ALLOCS, pods, cgroup_root=root)
+    by = {t.name: t for t in d.tenants}
+    assert sorted(by) == ["batch-etl-1", "chat"]
+    chat = by["chat"]
+    assert (chat.tenant_class, chat.slo.ttft_p99_ms, chat.gpu) == ("latency", 250.0, "GPU-aaa")
+    assert chat.cgroup == ("kubepods.slice/kubepods-burstable.slice/"
+                           "kubepods-burstable-pod11111111_2222_3333_4444_555555555555.slice")
+    assert (chat.latency.source, chat.latency.url) == ("prometheus",
+                                                        "http://10.1.2.3:8000/metrics")
+    etl = by["batch-etl-1"]
+    assert (etl.tenant_class, etl.may_restart) == ("batch", True)
+    assert etl.cgroup == "kubepods/podaaaa-bbbb"
+    assert etl.gpu == "MIG-bbb" and d.gpus["batch-etl-1"] == ("MIG-bbb", "MIG-ccc")
+    assert dict(d.skipped) == {
+        "llm/broken": "a latency tenant needs gpuguard.io/ttft-p99-ms or tpot-p99-ms",
+        "llm/chat-dup": "tenant name 'chat' already taken",
+        "llm/off": "not opted in (gpuguard.io/enabled)",
+    }
+
+
+@pytest.mark.parametrize(("annotations", "error"), [
+    ({"gpuguard.io/class": "premium"}, "gpuguard.io/class 'premium' is not latency or batch"),
+    ({"gpuguard.io/ttft-p99-ms": "fast"}, "gpuguard.io/ttft-p99-ms 'fast' is not a number"),
+    ({"gpuguard.io/ttft-p99-ms": "-1"}, "gpuguard.io/ttft-p99-ms must be > 0"),
+    ({"gpuguard.io/restartable": "maybe"}, "gpuguard.io/restartable 'maybe' is not a boolean"),
+    ({"gpuguard.io/tenant": "Bad Name"}, "tenant name 'Bad Name' does not match"),
+    ({"gpuguard.io/metrics-port": "99999"}, "gpuguard.io/metrics-port '99999' is not a port"),
+    ({"gpuguard.io/metrics-port": "80", "gpuguard.io/metrics-flavor": "tgi"},
+     "gpuguard.io/metrics-flavor 'tgi' is not vllm or sglang"),
+])
+def test_bad_annotations_are_skipped_with_the_reason(tmp_path, annotations, error):
+    pod = PodInfo("ns", "p", "u", "BestEffort", "10.0.0.1",
+                  {"gpuguard.io/enabled": "true", **annotations})
+    d = discover([], [pod], cgroup_root=tmp_path)
+    assert d.tenants == ()
+    ((ref, why),) = d.skipped
+    assert ref == "ns/p" and why.startswith(error)
+
+
+def test_api_server_pods_of_this_node(tmp_path):
+    seen = []
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            body = json.dumps(POD_LIST).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), H)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        pods = ApiServerPods("gpu-node-7", base_url=f"http://127.0.0.1:{srv.server_port}").list()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert seen == ["/api/v1/pods?fieldSelector=spec.nodeName%3Dgpu-node-7"]
+    assert [p.name for p in pods][:2] == ["chat-0", "etl-1"]
+    assert pods[0].container_ids == {"vllm": "containerd://abc"}
+    with pytest.raises(DiscoveryError, match="API server pods of node n"):
+        ApiServerPods("n", base_url=f"http://127.0.0.1:{srv.server_port}", timeout_s=0.5).list()
+
+
+def test_in_cluster_needs_the_service_account(monkeypatch, tmp_path):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(DiscoveryError, match="not in a cluster"):
+        ApiServerPods("n")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    with pytest.raises(DiscoveryError, match="service account token"):
+        ApiServerPods("n", sa_dir=tmp_path)
