@@ -315,10 +315,11 @@ def test_unknown_tenant_names_and_distinct_values_do_not_grow_memory(tmp_path: P
             rx.feed(json.dumps({"tenant": f"intruder{i}", "ttft_s": 0.01}).encode())
         assert set(rx._bufs) == {"t1", "t2"}  # no state for names nobody configured
         assert rx.rejected()["unknown_tenant"] == 5000
-        for chunk in range(4):  # 4,000 distinct values over 40 decades: the sketch collapses
-            xs = [10 ** (-6 + (chunk * 1000 + i) / 100) for i in range(1000)]
+        for chunk in range(4):  # 4,000 distinct values over the whole accepted range
+            xs = [10 ** (-6 + 9.5 * (chunk * 1000 + i) / 4000) for i in range(1000)]
             assert rx.feed(json.dumps({"tenant": "t1", "ttft_s": xs}).encode()) is None
         assert len(rx._bufs["t1"].ttft.counts) <= MAX_BUCKETS
         assert rx.drain()["t1"].ttft.count == 4000
+        assert rx.feed(b'{"tenant": "t1", "ttft_s": 3601}') == "bad_value"
     finally:
         rx.close()
