@@ -42,7 +42,9 @@ from gpuguardd.model.actions import IoLimit
 from gpuguardd.model.snapshot import IoCounters
 
 _DEVNO = re.compile(r"^\d+:\d+$")
-_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EINVAL, errno.ENODEV})
+# ELOOP: a symlink where a control file should be (O_NOFOLLOW) - tampering, not a hiccup
+_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EINVAL, errno.ENODEV,
+                               errno.ELOOP})
 _V1_FILES: tuple[tuple[str, str], ...] = (
     ("rbps", "blkio.throttle.read_bps_device"),
     ("wbps", "blkio.throttle.write_bps_device"),
