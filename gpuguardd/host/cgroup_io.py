@@ -186,6 +186,11 @@ class CgroupIo:
         if after != limit:
             raise LeverError(f"io limit on {cg} {device}: wrote {limit}, kernel shows {after}",
                              permanent=True)
+        if limit.unlimited:
+            # A lift is never undone: what we "found" may be the throttle of a daemon that was
+            # killed (the journal restores it after a restart), and restore_all on exit would
+            # put that throttle back for good.
+            self._saved.pop((rel, device), None)
         return True
 
     def original(self, rel: str, device: str) -> IoLimit | None:
