@@ -22,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 from gpuguardd import config
 from gpuguardd.app.daemon import build

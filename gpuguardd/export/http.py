@@ -100,5 +100,8 @@ class MetricsServer:
         self._thread.start()
 
     def close(self) -> None:
-        self._server.shutdown()
+        # shutdown() waits for serve_forever to acknowledge: never started, it waits for ever
+        # (a start-up that fails after binding, e.g. on the control socket, hung here)
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()

@@ -331,3 +331,25 @@ def test_push_socket_is_not_writable_by_everyone(tmp_path: Path) -> None:
     open_dir.chmod(0o777)
     with pytest.raises(PushSocketError, match="world-writable"):
         PushReceiver(open_dir / "latency.sock", ["t1"])
+
+
+def test_start_up_failure_after_the_metrics_port_is_bound_exits_cleanly(tmp_path: Path) -> None:
+    """A control socket that cannot be bound (here: a directory in its place) fails the start
+    with one clear message - after the metrics port was bound, which must be released."""
+    (tmp_path / "run" / "control.sock").mkdir(parents=True)
+    state = tmp_path / "state"
+    cfg = tmp_path / "gpuguardd.toml"
+    cfg.write_text(f"""[daemon]
+backend = "real"
+require_gpu = false
+state_dir = "{state}"
+[metrics]
+listen = "127.0.0.1:0"
+[push]
+socket = "{tmp_path / 'run' / 'latency.sock'}"
+[control]
+socket = "{tmp_path / 'run' / 'control.sock'}"
+""")
+    cfg.chmod(0o600)
+    r = _run(["run", "--config", str(cfg)], timeout=20)
+    assert r.returncode == 1 and "control" in r.stderr and "Traceback" not in r.stderr
