@@ -14,6 +14,7 @@ how late each tick started against its schedule.
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import socket
@@ -106,7 +107,7 @@ socket = "{d}/run/control.sock"
     during = ticks.ticks[first_tick:]
     starts = [s for s, _ in during]
     durations = sorted(dur for _, dur in during)
-    late = [max(0.0, (b - a) - interval) for a, b in zip(starts, starts[1:], strict=False)]
+    late = [max(0.0, (b - a) - interval) for a, b in itertools.pairwise(starts)]
     return {
         "sent": sent, "send_rate": sent / send_s, "accepted": accepted,
         "lost": sent - accepted, "rejected": sum(rejected.values()),
