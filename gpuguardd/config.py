@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import tomllib
 import types
@@ -354,6 +355,10 @@ def _build(cls: type[Any], data: Mapping[str, Any], path: str, errors: list[str]
             continue
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                # nan slips through every bound check (an interval of nan spins the loop)
+                errors.append(f"{kpath}: must be a finite number, got {value}")
+                continue
             if lo is not None and value < lo:
                 errors.append(f"{kpath}: must be >= {lo}, got {value}")
                 continue

@@ -157,7 +157,9 @@ def build(
         daemon: Daemon | None = holder.get("daemon")
         active = collections.Counter(e.action.kind for e in executor.active())
         push = getattr(host, "push_rejected_total", None)
+        health = getattr(host, "lever_health", None)
         return {
+            "host_errors": health() if callable(health) else {},
             "active_actions": dict(active),
             "push_rejected": push() if callable(push) else {},
             "tick_errors": engine.tick_errors,

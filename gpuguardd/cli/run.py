@@ -45,13 +45,15 @@ def handle(args: argparse.Namespace) -> int:
             for err in e.errors:
                 print(f"{path}: {err}", file=sys.stderr)
             return 2
+    # Handlers before build: a SIGTERM while starting (journal recovery, NVML init) must
+    # still end in a clean stop that restores what was re-adopted, not the default kill.
+    stop, reload = threading.Event(), threading.Event()
+    install_signal_handlers(stop, reload)
     try:
         daemon = build(cfg, config_path=path_used, sim=args.sim, speed=args.speed,
                        dry_run=args.dry_run, listen=args.listen)
     except StartupError as e:
         print(f"gpuguardd: {e}", file=sys.stderr)
         return 1
-    stop, reload = threading.Event(), threading.Event()
-    install_signal_handlers(stop, reload)
     daemon.run(stop, reload)
     return 0

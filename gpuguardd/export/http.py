@@ -74,6 +74,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
+    def __getattr__(self, name: str) -> Any:
+        # BaseHTTPRequestHandler answers 501 to a method it has no do_X for (OPTIONS, TRACE,
+        # anything made up); a read-only endpoint answers every non-GET/HEAD with 405.
+        if name.startswith("do_"):
+            return self._refuse
+        raise AttributeError(name)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # scrapes are not events
 
@@ -93,5 +100,8 @@ class MetricsServer:
         self._thread.start()
 
     def close(self) -> None:
-        self._server.shutdown()
+        # shutdown() waits for serve_forever to acknowledge: never started, it waits for ever
+        # (a start-up that fails after binding, e.g. on the control socket, hung here)
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()

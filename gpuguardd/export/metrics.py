@@ -172,9 +172,15 @@ class GpuguardCollector(Collector):
                 util.add_metric(lv, g.sm_util)
             if g.mem_util is not None:
                 mem.add_metric(lv, g.mem_util)
+        healthy = GaugeMetricFamily("gpuguard_gpu_healthy",
+                                    "0 once NVML reported the GPU lost, reset-required or IRQ "
+                                    "issue (it is then no longer queried)", labels=labels)
+        for g in snap.gpus:
+            healthy.add_metric([str(g.gpu), uuid.get(g.gpu, "")], 1.0 if g.healthy else 0.0)
         yield pcie
         yield util
         yield mem
+        yield healthy
         inst = GaugeMetricFamily("gpuguard_mig_sm_activity_ratio",
                                  "SM activity per MIG instance (GPM)",
                                  labels=["gpu", "GPU_I_ID", "GPU_I_PROFILE"])
@@ -205,6 +211,13 @@ class GpuguardCollector(Collector):
         for result, n in sorted(extra.get("reloads", {}).items()):
             reloads.add_metric([result], float(n))
         yield reloads
+        host_errors = CounterMetricFamily(
+            "gpuguard_host_errors", "failed host calls by lever (io, restart, stop, mig, vgpu), "
+            "GPU health events (gpu_<kind>) and NVML query errors (nvml_errors)",
+            labels=["kind"])
+        for kind, n in sorted(extra.get("host_errors", {}).items()):
+            host_errors.add_metric([kind], float(n))
+        yield host_errors
         unavailable = GaugeMetricFamily("gpuguard_lever_unavailable",
                                         "levers given up after a permanent error",
                                         labels=["lever"])

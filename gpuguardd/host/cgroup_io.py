@@ -42,7 +42,9 @@ from gpuguardd.model.actions import IoLimit
 from gpuguardd.model.snapshot import IoCounters
 
 _DEVNO = re.compile(r"^\d+:\d+$")
-_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EINVAL, errno.ENODEV})
+# ELOOP: a symlink where a control file should be (O_NOFOLLOW) - tampering, not a hiccup
+_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EINVAL, errno.ENODEV,
+                               errno.ELOOP})
 _V1_FILES: tuple[tuple[str, str], ...] = (
     ("rbps", "blkio.throttle.read_bps_device"),
     ("wbps", "blkio.throttle.write_bps_device"),
@@ -184,6 +186,11 @@ class CgroupIo:
         if after != limit:
             raise LeverError(f"io limit on {cg} {device}: wrote {limit}, kernel shows {after}",
                              permanent=True)
+        if limit.unlimited:
+            # A lift is never undone: what we "found" may be the throttle of a daemon that was
+            # killed (the journal restores it after a restart), and restore_all on exit would
+            # put that throttle back for good.
+            self._saved.pop((rel, device), None)
         return True
 
     def original(self, rel: str, device: str) -> IoLimit | None:

@@ -9,7 +9,7 @@ call. Bad input is counted by reason and dropped, never raised:
 
 * ``oversize``       datagram longer than ``max_datagram_bytes``
 * ``malformed``      not UTF-8 JSON, not an object, no ``tenant`` string, no sample, wrong types
-* ``bad_value``      a latency that is negative, NaN or infinite
+* ``bad_value``      a latency that is negative, NaN, infinite or above an hour
 * ``unknown_tenant`` a tenant the configuration does not name
 * ``rate_limited``   the tenant already delivered ``max_samples_per_tenant`` samples this tick
 
@@ -34,6 +34,8 @@ from pathlib import Path
 
 from gpuguardd.model.sketch import FrozenSketch, Sketch
 
+#: a pushed latency above this is not a measurement (and 1e307 s would overflow the sketch)
+MAX_LATENCY_S = 3600.0
 REASONS = ("oversize", "malformed", "bad_value", "unknown_tenant", "rate_limited")
 
 
@@ -65,11 +67,14 @@ def _samples(v: object) -> list[float] | None:
     """A number or a list of numbers as floats; None when the type is wrong."""
     if isinstance(v, bool):
         return None
-    if isinstance(v, int | float):
-        return [float(v)]
-    if isinstance(v, list) and all(isinstance(x, int | float) and not isinstance(x, bool)
-                                   for x in v):
-        return [float(x) for x in v]
+    try:  # JSON integers are unbounded: 1e400 written out overflows float (a bad value)
+        if isinstance(v, int | float):
+            return [float(v)]
+        if isinstance(v, list) and all(isinstance(x, int | float) and not isinstance(x, bool)
+                                       for x in v):
+            return [float(x) for x in v]
+    except OverflowError:
+        return [math.inf]
     return None
 
 
@@ -173,7 +178,7 @@ class PushReceiver:
         tpot = _samples(tpot_raw) if tpot_raw is not None else []
         if ttft is None or tpot is None or not (ttft or tpot):
             return self._reject("malformed")
-        if any(not math.isfinite(x) or x < 0 for x in (*ttft, *tpot)):
+        if any(not 0 <= x <= MAX_LATENCY_S for x in (*ttft, *tpot)):  # nan fails too
             return self._reject("bad_value")
         if tenant not in self._tenants:
             return self._reject("unknown_tenant")

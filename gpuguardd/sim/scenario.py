@@ -9,6 +9,7 @@ directory or from the project root, or ``$GPUGUARDD_SHARED_DATA``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -128,6 +129,8 @@ def _number(lo: float | None = None, hi: float | None = None, *, strict_lo: bool
             return f"expected an integer, got {v!r}"
         if not _is_num(v):
             return f"expected a number, got {v!r}"
+        if not math.isfinite(v):  # nan passes every bound; inf seconds or rates never end
+            return f"must be a finite number, got {v}"
         if lo is not None and (v <= lo if strict_lo else v < lo):
             return f"must be {'>' if strict_lo else '>='} {lo}, got {v}"
         if hi is not None and v > hi:

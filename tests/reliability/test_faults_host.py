@@ -259,3 +259,16 @@ def test_push_tenant_that_sends_nothing_has_an_empty_window(tmp_path: Path,
     finally:
         host.close()
 
+
+
+def test_host_exit_never_reapplies_a_throttle_left_by_a_killed_daemon(tmp_path: Path) -> None:
+    """After a crash the kernel still holds the dead daemon's throttle; the new daemon lifts
+    it (journal recovery) and must not "restore" it when it exits."""
+    from tests.host.test_cgroup_io import make_v2
+
+    cg = make_v2(tmp_path / "cg", ETL)
+    (cg / "io.max").write_text(f"{DEV} rbps=max wbps=20000000 riops=max wiops=max\n")
+    io = cgroup_io.CgroupIo(tmp_path / "cg")
+    assert io.set_limit(ETL, DEV, IoLimit()) is True
+    assert io.restore_all() == []
+    assert io.get_limit(ETL, DEV) == IoLimit()

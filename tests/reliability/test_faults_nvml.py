@@ -151,3 +151,41 @@ def test_mig_create_half_way_rolls_the_gpu_instance_back(
     assert [m.gi_id for m in nv.mig_instances(0)] == list(before)
     inst = nv.mig_create(0, "2g.20gb", 4)  # the placement is free again
     assert inst.start == 4 and inst.uuid.startswith("MIG-")
+
+
+def test_gpu_failures_are_visible_in_the_daemons_metrics(tmp_path: Path, tree: Path,
+                                                          lib: FaultyLib) -> None:
+    """The daemon's own composition (app.daemon.build, backend real, fake NVML and trees):
+    a GPU lost mid-run and NVML errors show up in /metrics, not only in the log."""
+    import dataclasses
+
+    from gpuguardd.app.daemon import build
+    from gpuguardd.config import ControlConfig, MetricsConfig
+    from tests.reliability.helpers import metric
+
+    cfg = config(tmp_path)
+    cfg = dataclasses.replace(
+        cfg, daemon=dataclasses.replace(cfg.daemon, fs_root=str(tree),
+                                        cgroup_root=str(tree / "cgroup")),
+        metrics=MetricsConfig(listen="127.0.0.1:0"),
+        control=ControlConfig(socket=str(tmp_path / "run" / "control.sock")))
+    daemon = build(cfg, config_path=None)
+    try:
+        collector = daemon.engine.publishers[0]
+        daemon.engine.tick(1.0)
+        lib.fail["nvmlDeviceGetPowerUsage"] = [UNKNOWN]
+        lib.gpus[2].lost = True
+        daemon.engine.tick(3.0)
+        assert metric(collector, "gpuguard_gpu_healthy", gpu="2",  # type: ignore[arg-type]
+                      UUID=lib.gpus[2].uuid) == 0
+        assert metric(collector, "gpuguard_gpu_healthy", gpu="0",  # type: ignore[arg-type]
+                      UUID=lib.gpus[0].uuid) == 1
+        assert metric(collector, "gpuguard_host_errors_total",  # type: ignore[arg-type]
+                      kind="gpu_gpu_lost") == 1
+        assert metric(collector, "gpuguard_host_errors_total",  # type: ignore[arg-type]
+                      kind="nvml_errors") >= 1
+    finally:
+        daemon.server.close()
+        if daemon.control is not None:
+            daemon.control.close()
+        daemon.host.close()
