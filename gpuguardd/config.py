@@ -154,6 +154,22 @@ class PolicyConfig:
         "it its bandwidth back (0 = never), seconds",
         lo=0.0,
     )
+    significance: float = _f(
+        0.05,
+        "a violating window is acted on only if its count of samples above the SLO is "
+        "significantly above the 1 % a p99 SLO allows (one-sided binomial test at this "
+        "level): a p99 over few samples is noisy and a lone excursion regresses by itself; "
+        "1.0 disables the test",
+        lo=1e-9,
+        hi=1.0,
+    )
+    restart_outage_s: float = _f(
+        40.0,
+        "expected outage of restarting a protected tenant (drain, MIG reconfiguration, "
+        "restart): it is resized or moved only once more of its requests have missed the SLO "
+        "than this outage would delay (ski rental), seconds",
+        lo=0.0,
+    )
     lever_memory_s: float = _f(
         900.0, "a lever whose trial failed is not retried for the same victim for this long, s",
         lo=0.0,

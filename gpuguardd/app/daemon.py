@@ -131,9 +131,12 @@ def build(
         tmpdir = tempfile.TemporaryDirectory(prefix="gpuguardd-sim-")
         state_dir, durable = tmpdir.name, False
     else:
-        from gpuguardd.host.real import build_real_host
+        from gpuguardd.host.real import HostStartupError, build_real_host
 
-        host = build_real_host(cfg)
+        try:
+            host = build_real_host(cfg)
+        except HostStartupError as e:
+            raise StartupError(str(e)) from None
         clock = WallClock().now
         state_dir, durable = cfg.daemon.state_dir, True
         speed = 1.0

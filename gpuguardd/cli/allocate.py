@@ -8,13 +8,15 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuguardd.config import ConfigError
 from gpuguardd.model.llm import BUILTIN, LlmArch, ModelConfigError
-from gpuguardd.vgpu import alloc_input, allocator, synthetic
-from gpuguardd.vgpu.gpus import GPUS, GpuSpec
-from gpuguardd.vgpu.predictor import Predictor, PredictorError, predictors_from_json
+
+if TYPE_CHECKING:  # numpy/scipy load only when the command runs (the daemon's RSS)
+    from gpuguardd.vgpu import allocator
+    from gpuguardd.vgpu.gpus import GpuSpec
+    from gpuguardd.vgpu.predictor import Predictor
 
 ORACLE_MAX_TENANTS = 50
 
@@ -44,6 +46,10 @@ def load_problem(
     path: Path, gpus_override: int | None, predictors_file: str | None
 ) -> tuple[allocator.Problem, dict[str, str]]:
     """Read and validate everything; raises ConfigError with key paths."""
+    from gpuguardd.vgpu import alloc_input, allocator, synthetic
+    from gpuguardd.vgpu.gpus import GPUS
+    from gpuguardd.vgpu.predictor import PredictorError, predictors_from_json
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -138,6 +144,8 @@ def result_dict(
                                         if not a.feasible),
         "oracle_total_share_pct": oracle.total_share_pct if oracle else None,
         "oracle_optimal": oracle.optimal if oracle else None,
+        "oracle_lower_bound_pct": (round(oracle.lower_bound_pct, 2) if oracle
+                                   and oracle.lower_bound_pct is not None else None),
         "gap_to_oracle": None,
         "feasible": plan.feasible,
         "predictors": source,
@@ -169,13 +177,16 @@ def _table(res: dict[str, Any]) -> str:
                  + (f"; static {res['static_total_share_pct']} % "
                     f"(saving {100 * res['saving_vs_static']:.1f} %)"
                     if res["saving_vs_static"] is not None else ""))
-    if res["static_slo_violations"]:
-        lines.append(f"static plan misses predicted SLOs for: "
-                     f"{', '.join(res['static_slo_violations'])}")
+    bad = res["static_slo_violations"]
+    if bad:
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        lines.append(f"static plan misses predicted SLOs (or does not fit) for {len(bad)}: "
+                     f"{', '.join(bad[:10])}{more}")
     if res["oracle_total_share_pct"] is not None:
         gap = res["gap_to_oracle"]
-        lines.append(f"oracle {res['oracle_total_share_pct']} % "
-                     f"({'optimal' if res['oracle_optimal'] else 'not proven optimal'})"
+        proof = ("optimal" if res["oracle_optimal"] else
+                 f"not proven optimal, lower bound {res['oracle_lower_bound_pct']} %")
+        lines.append(f"oracle {res['oracle_total_share_pct']} % ({proof})"
                      + (f", greedy gap {100 * gap:.1f} %" if gap is not None else ""))
     lines.append(f"feasible: {str(res['feasible']).lower()}; plan {res['plan_seconds']} s, "
                  f"wall {res['wall_seconds']} s")
@@ -183,21 +194,24 @@ def _table(res: dict[str, Any]) -> str:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from gpuguardd.vgpu import allocator
+
     t0 = time.perf_counter()
     try:
         problem, source = load_problem(Path(args.tenants), args.gpus, args.predictors)
     except ConfigError as e:
         return _fail(args.tenants, e.errors)
     t1 = time.perf_counter()
-    plan = allocator.greedy(problem)
+    built = allocator.profiles_of(problem)
+    plan = allocator.greedy(problem, built)
     t2 = time.perf_counter()
-    static = allocator.static(problem)
+    static = allocator.static(problem, built)
     run_oracle = args.oracle if args.oracle is not None else (
         len(problem.tenants) <= ORACLE_MAX_TENANTS)
     oracle = None
     t3 = time.perf_counter()
     if run_oracle:
-        oracle = allocator.oracle(problem)
+        oracle = allocator.oracle(problem, built)
     t4 = time.perf_counter()
     res = result_dict(problem, plan, static, oracle,
                       {"plan": t2 - t1, "oracle": t4 - t3, "wall": t4 - t0}, source)

@@ -221,7 +221,10 @@ class Nvml:
 
     # -- static facts --------------------------------------------------------------------------
     def static(self, gpu: int) -> GpuStatic:
+        """Identity, link and MIG layout; MIG devices are re-enumerated (someone else may have
+        changed the layout since we last looked)."""
         h = self._handle(gpu)
+        self._mig_devices.pop(gpu, None)
 
         def val(r: Reading[T], default: T) -> T:
             return default if r is None or r is NOT_SUPPORTED else r

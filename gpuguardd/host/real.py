@@ -30,7 +30,7 @@ from gpuguardd.host.latency import PromScraper, ScrapeResult
 from gpuguardd.host.nvml import Nvml, NvmlTick
 from gpuguardd.host.paths import HostPaths
 from gpuguardd.host.protocol import LeverError
-from gpuguardd.host.push import PushReceiver, PushWindow
+from gpuguardd.host.push import PushReceiver, PushSocketError, PushWindow
 from gpuguardd.host.tenants import TenantHooks
 from gpuguardd.host.topology import (
     DeviceMonitor,
@@ -125,9 +125,12 @@ class RealHost:
     def _configure_latency(self, config: Config) -> None:
         push_tenants = [t.name for t in config.tenants if t.latency.source == "push"]
         if push_tenants and self.push is None:
-            self.push = PushReceiver(config.push.socket, push_tenants,
-                                     max_samples_per_tenant=config.push
-                                     .max_samples_per_tenant_per_tick)
+            try:
+                self.push = PushReceiver(config.push.socket, push_tenants,
+                                         max_samples_per_tenant=config.push
+                                         .max_samples_per_tenant_per_tick)
+            except (PushSocketError, OSError) as e:
+                raise HostStartupError(f"push.socket {config.push.socket}: {e}") from None
         elif self.push is not None:
             self.push.set_tenants(push_tenants)
         self._scrapers = {

@@ -10,7 +10,7 @@ buckets are collapsed first, which only affects the low quantiles we do not aler
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 ALPHA = 0.01
@@ -68,15 +68,21 @@ class Sketch:
         self.add(x, n)
 
     def merge(self, other: Sketch | FrozenSketch) -> None:
-        for k, n in other.counts.items():
-            self.counts[k] = self.counts.get(k, 0) + n
+        counts = self.counts
+        pairs = other.items if isinstance(other, FrozenSketch) else other.counts.items()
+        for k, n in pairs:
+            counts[k] = counts.get(k, 0) + n
         self.count += other.count
         self.total += other.total
         if len(self.counts) > MAX_BUCKETS:
             self._collapse()
 
     def quantile(self, q: float) -> float | None:
-        return _quantile(self.counts, self.count, q)
+        return _quantiles(sorted(self.counts.items()), self.count, (q,))[0]
+
+    def quantiles(self, *qs: float) -> list[float | None]:
+        """Several quantiles in one pass over the buckets (``qs`` ascending is fastest)."""
+        return _quantiles(sorted(self.counts.items()), self.count, qs)
 
     def frozen(self) -> FrozenSketch:
         return FrozenSketch(tuple(sorted(self.counts.items())), self.count, self.total)
@@ -100,7 +106,10 @@ class FrozenSketch:
         return dict(self.items)
 
     def quantile(self, q: float) -> float | None:
-        return _quantile(dict(self.items), self.count, q)
+        return _quantiles(self.items, self.count, (q,))[0]
+
+    def quantiles(self, *qs: float) -> list[float | None]:
+        return _quantiles(self.items, self.count, qs)
 
     @property
     def mean(self) -> float | None:
@@ -113,15 +122,22 @@ class FrozenSketch:
         return s.frozen()
 
 
-def _quantile(counts: Mapping[int, int], count: int, q: float) -> float | None:
-    """The value at rank ``ceil(q·n)`` (nearest-rank, like numpy's 'inverted_cdf')."""
-    if count <= 0:
-        return None
-    q = min(max(q, 0.0), 1.0)
-    rank = max(1, math.ceil(q * count))
-    seen = 0
-    for k in sorted(counts):
-        seen += counts[k]
-        if seen >= rank:
-            return _value(k)
-    return _value(max(counts))
+def _quantiles(
+    items: Sequence[tuple[int, int]], count: int, qs: Sequence[float]
+) -> list[float | None]:
+    """Nearest-rank quantiles (rank ``ceil(q·n)``, like numpy's 'inverted_cdf') over buckets
+    sorted by key."""
+    if count <= 0 or not items:
+        return [None] * len(qs)
+    out: list[float | None] = []
+    for q in qs:
+        rank = max(1, math.ceil(min(max(q, 0.0), 1.0) * count))
+        seen = 0
+        value = _value(items[-1][0])
+        for k, n in items:
+            seen += n
+            if seen >= rank:
+                value = _value(k)
+                break
+        out.append(value)
+    return out

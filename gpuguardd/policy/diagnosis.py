@@ -7,9 +7,12 @@ candidate gets
     pressure = current signal / capacity of the shared resource        (0 .. ~1)
     r        = Pearson(victim p99/SLO, signal smoothed over window_s)   over the sliding history
     score    = pressure x (1 + r) / 2          (r = 0 when undefined: constant signal or too short)
+             x min(1, slope x signal / (victim p99/SLO - recovery bound))   when r is defined
 
 so a heavy flow that rises and falls with the victim's tail ranks first, a heavy flow with no
-history ranks half, and a flow that is high while the victim is calm (r -> -1) drops out. The
+history ranks half, a flow that is high while the victim is calm (r -> -1) drops out, and a
+flow whose fitted effect (the least-squares slope of the victim's p99/SLO on it, times its
+current value) could not bring the tail back under the recovery bound is discounted. The
 cause is the channel of the best candidate. Protected tenants are never suspects: their traffic
 still counts as anonymous load of the shared resource (which victim-side levers can address).
 """
@@ -26,6 +29,12 @@ from gpuguardd.policy.signals import TickRates
 
 #: a candidate below this pressure is noise, whatever its correlation
 MIN_PRESSURE = 0.02
+#: below this score a tenant is named in the explanation but not acted on: it could account
+#: for at most a few percent of the shared link, or its correlation argues against it
+MIN_SCORE = 0.05
+#: a signal the victim itself contributes to (a shared SM pool's activity) blames a neighbour
+#: only with at least this correlation
+AMBIGUOUS_R = 0.5
 #: fewer paired points than this give no correlation
 MIN_POINTS = 5
 #: named suspects beat anonymous load of the same resource at equal evidence
@@ -73,7 +82,8 @@ class Diagnosis:
 
     @property
     def named(self) -> tuple[Suspect, ...]:
-        return tuple(s for s in self.suspects if s.tenant is not None)
+        """Tenants with enough evidence to act on (score >= MIN_SCORE), best first."""
+        return tuple(s for s in self.suspects if s.tenant is not None and s.score >= MIN_SCORE)
 
     def describe(self) -> str:
         if not self.suspects:
@@ -140,6 +150,16 @@ def _smoothed(history: Sequence[TickRates], signal: Signal, window_s: float) -> 
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _Evidence:
+    value: float  # current signal (mean of the last ``recent`` ticks)
+    pressure: float
+    r: float | None
+    #: the victim's p99/SLO the fitted line attributes to the signal's current value
+    #: (slope x value); None without a correlation
+    explained: float | None
+
+
 def _candidate(
     victim: str,
     history: Sequence[TickRates],
@@ -147,8 +167,8 @@ def _candidate(
     capacity: float,
     recent: int,
     window_s: float,
-) -> tuple[float, float, float | None] | None:
-    """(current value, pressure, r) of one signal, or None when it was never observed."""
+) -> _Evidence | None:
+    """The evidence for one signal, or None when it was never observed."""
     values = [signal(h) for h in history[-recent:]]
     known = [v for v in values if v is not None]
     if not known:
@@ -162,10 +182,18 @@ def _candidate(
         if x is not None and y is not None:
             xs.append(x)
             ys.append(y)
-    return value, pressure, pearson(xs, ys)
+    r = pearson(xs, ys)
+    explained = None
+    if r is not None:
+        n = len(xs)
+        mx, my = sum(xs) / n, sum(ys) / n
+        sxx = sum((x - mx) ** 2 for x in xs)
+        sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+        explained = max(0.0, sxy / sxx * value)
+    return _Evidence(value, pressure, r, explained)
 
 
-def _relation(topology: Topology, v: Placement, o: Placement) -> tuple[str, str] | None:
+def relation(topology: Topology, v: Placement, o: Placement) -> tuple[str, str] | None:
     """(kind, text) of what two placements share; kind in gpu/instance/switch/root/numa."""
     gv, go = topology.gpu(v.gpu), topology.gpu(o.gpu)
     if v.gpu == o.gpu:
@@ -181,7 +209,7 @@ def _relation(topology: Topology, v: Placement, o: Placement) -> tuple[str, str]
     return None
 
 
-def _device_relation(topology: Topology, v: Placement, devno: str) -> tuple[str, str] | None:
+def device_relation(topology: Topology, v: Placement, devno: str) -> tuple[str, str] | None:
     """What a block device shares with the victim's GPU: its switch or its NUMA node."""
     gv = topology.gpu(v.gpu)
     for d in topology.block_devices:
@@ -205,8 +233,17 @@ def diagnose(
     protected: frozenset[str],
     recent: int,
     window_s: float,
+    moved_at: Mapping[str, float] | None = None,
+    latent_bps: Mapping[tuple[str, str], float] | None = None,
+    recovery_bound: float = 0.8,
 ) -> Diagnosis:
-    """Rank every topologically plausible (neighbour, channel) by pressure x correlation."""
+    """Rank every topologically plausible (neighbour, channel) by pressure x correlation.
+
+    A tenant's history before its last placement change describes another neighbourhood: each
+    candidate is judged only on the ticks since both it and the victim last moved. A throttled
+    tenant's disk pressure is its demand before the throttle (``latent_bps`` per tenant and
+    device), not the rate the throttle lets through: the throttle hides it, it did not go away.
+    """
     vt = snapshot.tenants.get(victim)
     if vt is None or vt.placement is None or not history:
         return Diagnosis("unknown", ())
@@ -217,6 +254,9 @@ def diagnose(
     except KeyError:
         return Diagnosis("unknown", ())
     link = link_bps(topo, vp.gpu)
+    moves = moved_at or {}
+    now_ratio = history[-1].ratio.get(victim)
+    excess = now_ratio - recovery_bound if now_ratio is not None else 0.0
     found: list[Suspect] = []
 
     def add(
@@ -227,14 +267,25 @@ def diagnose(
         signal: Signal,
         cap: float,
         weight: float = 1.0,
+        need_r: float | None = None,
+        latent: float = 0.0,
     ) -> None:
-        c = _candidate(victim, history, signal, cap, recent, window_s)
+        since = max(moves.get(victim, -math.inf),
+                    moves.get(tenant, -math.inf) if tenant is not None else -math.inf)
+        hist = history if since == -math.inf else [h for h in history if h.at > since]
+        c = _candidate(victim, hist, signal, cap, recent, window_s)
         if c is None:
             return
-        value, pressure, r = c
-        if pressure < MIN_PRESSURE:
+        value, pressure, r = c.value, c.pressure, c.r
+        if cap > 0:
+            pressure = max(pressure, latent / cap)
+        if pressure < MIN_PRESSURE or (need_r is not None and (r is None or r < need_r)):
             return
         score = weight * pressure * (1.0 + (r if r is not None else 0.0)) / 2.0
+        if c.explained is not None and excess > 0 and latent <= 0:
+            # a fitted effect too small to bring the tail back to the recovery bound is a
+            # coincidence or a side issue, whatever its correlation
+            score *= min(1.0, c.explained / excess)
         if tenant is None:
             score *= ANONYMOUS_WEIGHT
         if score > 0:
@@ -247,19 +298,20 @@ def diagnose(
         named = not is_protected(o, protected)
         rel = None
         try:
-            rel = _relation(topo, vp, o.placement) if o.placement is not None else None
+            rel = relation(topo, vp, o.placement) if o.placement is not None else None
         except KeyError:
             rel = None
         # block I/O: the bytes land in host memory and (for a GPU job) cross its GPU link
         for dev in sorted({c.device for c in o.io}):
-            drel = rel or _device_relation(topo, vp, dev)
+            drel = rel or device_relation(topo, vp, dev)
             if drel is None or not named:
                 continue
             kind, text = drel
             cause = "io" if kind == "numa" else "pcie"
+            hidden = (latent_bps or {}).get((o.name, dev), 0.0)
             for direction, label in (("r", "disk read"), ("w", "disk write")):
                 add(o.name, cause, label, text, _io_signal(o.name, dev, direction), link,
-                    RELATION_WEIGHT[kind])
+                    RELATION_WEIGHT[kind], latent=hidden if direction == "r" else 0.0)
         if rel is None or o.placement is None:
             continue
         kind, text = rel
@@ -276,9 +328,11 @@ def diagnose(
             if named:
                 add(o.name, "pcie", "PCIe", text, _inst_pcie_signal(ik), link)
         elif kind == "instance" and named:
+            # the pool's SM/DRAM activity includes the victim's own: only co-variation with the
+            # victim's tail can pin it on the neighbour
             sig_sm, sig_dram = _compute_signals(op)
-            add(o.name, "compute", "SM", text, sig_sm, 1.0)
-            add(o.name, "membw", "DRAM", text, sig_dram, 1.0)
+            add(o.name, "compute", "SM", text, sig_sm, 1.0, need_r=AMBIGUOUS_R)
+            add(o.name, "membw", "DRAM", text, sig_dram, 1.0, need_r=AMBIGUOUS_R)
     if anon_pcie_gpus:
         gpus = tuple(sorted(set(anon_pcie_gpus)))
         sw = topo.gpu(vp.gpu).switch or topo.gpu(vp.gpu).root
@@ -361,17 +415,3 @@ def _irq_excess(numa: int, median: float) -> Signal:
 def _irq_median(history: Sequence[TickRates], numa: int) -> float:
     vals = sorted(h.irq_numa[numa] for h in history if numa in h.irq_numa)
     return max(vals[len(vals) // 2], IRQ_FLOOR) if vals else IRQ_FLOOR
-
-
-def neighbours(snapshot: Snapshot, victim: str) -> Mapping[str, str]:
-    """Tenants sharing a resource with ``victim`` and what they share (for explanations)."""
-    vt = snapshot.tenants.get(victim)
-    if vt is None or vt.placement is None:
-        return {}
-    out: dict[str, str] = {}
-    for o in snapshot.tenants.values():
-        if o.name != victim and o.placement is not None:
-            rel = _relation(snapshot.topology, vt.placement, o.placement)
-            if rel is not None:
-                out[o.name] = rel[1]
-    return out

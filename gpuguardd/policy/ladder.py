@@ -45,7 +45,15 @@ from gpuguardd.model.actions import (
     Result,
 )
 from gpuguardd.model.snapshot import Snapshot, TenantClass
-from gpuguardd.policy.diagnosis import Diagnosis, Suspect, diagnose, fmt_bps
+from gpuguardd.policy.diagnosis import (
+    MIN_SCORE,
+    Diagnosis,
+    Suspect,
+    device_relation,
+    diagnose,
+    fmt_bps,
+    relation,
+)
 from gpuguardd.policy.mig import growths
 from gpuguardd.policy.placement import plan_move
 from gpuguardd.policy.signals import TickRates, counters_of, rates_of, trim
@@ -62,7 +70,7 @@ from gpuguardd.policy.state import (
     Trial,
     Victim,
 )
-from gpuguardd.policy.window import TailReading, Verdict, read_tail
+from gpuguardd.policy.window import TailReading, Verdict, count_above, read_tail
 
 #: levers each policy may use
 POLICY_LEVELS: Mapping[str, frozenset[int]] = {
@@ -89,8 +97,12 @@ DEVICE_SHARE = 0.1
 SUSPECT_BAND = 0.5
 #: a trial that cannot be judged (window unknown) for this many eval periods is kept as is
 TRIAL_PATIENCE = 3
+#: the victim's count of requests that missed the SLO halves over this time (ski rental)
+DAMAGE_HALF_LIFE_S = 3600.0
 #: a throttle binds when the suspect runs at this fraction of its cap or more
 BINDING = 0.7
+#: a relaxed suspect used its new headroom when it ran above this multiple of its old cap
+HEADROOM = 1.05
 #: the longest a victim's calm dwell grows after de-escalations that had to be reverted
 RELAX_BACKOFF_MAX = 8.0
 #: a disruptive action not seen completed after this long no longer blocks its GPUs, seconds
@@ -154,6 +166,8 @@ class _Tick:
         self.readings: dict[str, TailReading] = {}
         self.history: tuple[TickRates, ...] = state.history
         self.levels_before = {v: state.level_of(v) for v in state.victims}
+        self.placements: dict[str, str] = dict(state.placements)
+        self.moved_at: dict[str, float] = dict(state.moved_at)
 
     # -- helpers ---------------------------------------------------------------------------
     def emit(self, action: Action, reason: str) -> None:
@@ -188,6 +202,11 @@ class _Tick:
     # -- the pass --------------------------------------------------------------------------
     def run(self) -> None:
         ratios: dict[str, float] = {}
+        for sample in self.snap.tenants.values():
+            where = str(sample.placement)
+            if self.placements.get(sample.name, where) != where:
+                self.moved_at[sample.name] = self.now
+            self.placements[sample.name] = where
         for name in sorted(self.protected):
             t = self.snap.tenants.get(name)
             v = self.victims.get(name, Victim())
@@ -195,6 +214,12 @@ class _Tick:
                 continue
             window = v.window.push(self.now, t.latency, self.pc.window_s)
             ttft_slo, tpot_slo = _slo_s(self.cfg.tenant(name))
+            missed = 0
+            if t.latency.ok:
+                missed = max(count_above(t.latency.ttft, ttft_slo) if ttft_slo else 0,
+                             count_above(t.latency.tpot, tpot_slo) if tpot_slo else 0)
+            dt = self.now - self.s.now if math.isfinite(self.s.now) else 0.0
+            v = replace(v, damage=v.damage * 0.5 ** (max(dt, 0.0) / DAMAGE_HALF_LIFE_S) + missed)
             reading = read_tail(
                 window,
                 source_ok=t.latency.ok,
@@ -210,6 +235,7 @@ class _Tick:
         rates = rates_of(self.snap, self.s.counters, ratios)
         self.history = trim((*self.s.history, rates), self.now, self.pc.diagnosis_window_s)
         self._settle_pending()
+        self._drop_unjustified()
         for name in sorted(self.victims):
             if name not in self.snap.tenants or name not in self.protected:
                 self._retire(name)
@@ -221,6 +247,38 @@ class _Tick:
         for tenant, p in list(self.pending.items()):
             if _pending_done(p, self.snap) or self.now - p.issued_at > PENDING_TIMEOUT_S:
                 del self.pending[tenant]
+
+    def _drop_unjustified(self) -> None:
+        """A throttle or MPS limit whose target no longer shares the blamed resource with its
+        victim (one of them moved) protects nobody: release it."""
+        for lv in list(self.levers.values()):
+            if lv.level > LEVEL_MPS or lv.target in self.pending:
+                continue
+            for victim in sorted(lv.owners):
+                if not self._shares(victim, lv):
+                    why = (f"{lv.target} no longer shares the {lv.cause} path with {victim}; ")
+                    self._drop_owner(lv, victim, why)
+                    self._note(victim, why + f"released {LEVEL_NAMES[lv.level]} on {lv.target}")
+                    lv = self.levers.get(lv.key, lv)
+
+    def _shares(self, victim: str, lv: Lever) -> bool:
+        v, t = self.snap.tenants.get(victim), self.snap.tenants.get(lv.target)
+        if v is None or t is None or v.placement is None or t.placement is None:
+            return True  # cannot tell: keep
+        topo = self.snap.topology
+        try:
+            rel = relation(topo, v.placement, t.placement)
+            kinds = {rel[0]} if rel else set()
+            if lv.device:
+                drel = device_relation(topo, v.placement, lv.device)
+                if drel:
+                    kinds.add(drel[0])
+        except KeyError:
+            return True
+        needed = {"pcie": {"instance", "gpu", "switch", "root"},
+                  "compute": {"instance"}, "membw": {"instance"}}.get(
+            lv.cause, {"instance", "gpu", "switch", "root", "numa"})
+        return bool(kinds & needed)
 
     def busy_gpus(self) -> frozenset[int]:
         """GPUs where a disruptive action may not start: reconfiguring, or ours in flight."""
@@ -237,15 +295,16 @@ class _Tick:
 
     def _step(self, name: str, reading: TailReading) -> None:
         v = self.victims[name]
-        streak, calm_since, total = v.streak, v.calm_since, v.violations_total
+        streak, calm_s, total = v.streak, v.calm_s, v.violations_total
+        dt = self.now - self.s.now if math.isfinite(self.s.now) else 0.0
         if reading.verdict is Verdict.VIOLATING:
-            streak, calm_since, total = streak + 1, None, total + 1
+            streak, calm_s, total = streak + 1, 0.0, total + 1
         elif reading.verdict is Verdict.CALM:
-            streak, calm_since = 0, calm_since if calm_since is not None else self.now
+            streak, calm_s = 0, calm_s + max(dt, 0.0)
         elif reading.verdict is Verdict.DEADBAND:
-            streak, calm_since = 0, None
+            streak = 0  # dead-band: hold, neither calm nor violating
         failed = {k: t for k, t in v.failed.items() if self.now - t < self.pc.lever_memory_s}
-        v = replace(v, streak=streak, calm_since=calm_since, violations_total=total, failed=failed)
+        v = replace(v, streak=streak, calm_s=calm_s, violations_total=total, failed=failed)
         self.victims[name] = v
         if v.trial is not None:
             v = self._judge(name, v, reading)
@@ -253,8 +312,13 @@ class _Tick:
             if v.trial is not None:
                 return
         dwell_ok = self.now - v.level_since >= self.pc.level_dwell_s
+        sustained = self._sustained(v, reading)
         if reading.verdict is Verdict.VIOLATING and streak >= self.pc.violation_windows:
-            if dwell_ok or self._trial_just_failed(v):
+            if not sustained:
+                self._note(name, f"{self._head(name, reading)}; holding: {reading.above} of "
+                                 f"{reading.samples} samples above the SLO is within the noise "
+                                 "of a p99 (binomial test)")
+            elif dwell_ok or self._trial_just_failed(v):
                 self._escalate(name, reading)
             else:
                 self._note(name, f"{self._head(name, reading)}; holding: level dwell "
@@ -262,8 +326,7 @@ class _Tick:
         elif dwell_ok and reading.verdict is not Verdict.UNKNOWN and self._cure(name, reading):
             pass
         elif (
-            calm_since is not None
-            and self.now - calm_since >= self.pc.recovery_dwell_s * v.relax_backoff
+            calm_s >= self.pc.recovery_dwell_s * v.relax_backoff
             and self.level_of(name) > 0
             and dwell_ok
         ):
@@ -316,6 +379,32 @@ class _Tick:
             return True
         return False
 
+    def _rental(self, name: str) -> str | None:
+        """None when disrupting the victim pays off, else why not (ski rental).
+
+        Restarting the victim (a resize or a move) delays every request of the outage:
+        ``restart_outage_s x request rate``. Keep suffering (renting) until more requests
+        have missed the SLO than that (the price of buying), then act: never worse than twice
+        the better of the two choices in hindsight, without knowing how long the
+        interference will last.
+        """
+        v = self.victims[name]
+        ticks = v.window.ticks
+        if not ticks:
+            return "rate unknown"
+        span = max(self.pc.window_s, 1e-9)
+        rate = sum(max(tk.ttft.count, tk.tpot.count) for tk in ticks) / span
+        price = self.pc.restart_outage_s * rate
+        if v.damage >= price:
+            return None
+        return (f"{v.damage:.0f} requests missed the SLO < outage cost "
+                f"{self.pc.restart_outage_s:.0f} s x {rate:.1f} rps = {price:.0f} (ski rental)")
+
+    def _sustained(self, v: Victim, r: TailReading) -> bool:
+        """Y violating windows in a row, the last one significantly above the SLO."""
+        return (r.verdict is Verdict.VIOLATING and v.streak >= self.pc.violation_windows
+                and r.significant(self.pc.significance))
+
     def _trial_just_failed(self, v: Victim) -> bool:
         return any(t == self.now for t in v.failed.values())
 
@@ -335,11 +424,11 @@ class _Tick:
         trial = v.trial
         assert trial is not None
         if trial.kind == "relax":
-            return self._judge_relax(name, v, trial)
+            return self._judge_relax(name, v, trial, r)
         moving = {lv.target for k in trial.keys for lv in (self.levers.get(k),)
-                  if lv is not None and lv.level >= LEVEL_PLACE}
+                  if lv is not None and lv.level >= LEVEL_MPS}
         if moving & set(self.pending):
-            # a move or resize is judged from when it completed, not from when it was asked
+            # a restart, move or resize is judged from when it completed, not when it was asked
             return replace(v, trial=replace(trial, started_at=self.now))
         if self.now < trial.started_at + self.pc.eval_period_s:
             return v
@@ -373,9 +462,14 @@ class _Tick:
                 self._drop_owner(lv, name, f"{name} {r.metric} p99 {ms(r.p99_s or 0.0)} after "
                                            f"moving {lv.target}; ")
 
-    def _judge_relax(self, name: str, v: Victim, trial: Trial) -> Victim:
+    def _judge_relax(self, name: str, v: Victim, trial: Trial, r: TailReading) -> Victim:
         """A de-escalation step is reverted as soon as the violation is back (Y windows)."""
-        if v.streak >= self.pc.violation_windows:
+        sustained = self._sustained(v, r)
+        if sustained and not self._used_headroom(trial):
+            self._note(name, f"{name}: violation after {trial.label}, but no relaxed suspect "
+                             "used the headroom it got: not the relaxation's doing")
+            return replace(self.victims[name], trial=None)
+        if sustained:
             backoff = min(v.relax_backoff * 2.0, RELAX_BACKOFF_MAX)
             why = (f"{name}: tail back after {trial.label} ({v.streak} violating windows); "
                    f"restored, next de-escalation after "
@@ -387,6 +481,18 @@ class _Tick:
             return v
         backoff = 1.0 if self.level_of(name) == 0 else v.relax_backoff
         return replace(v, trial=None, relax_backoff=backoff)
+
+    def _used_headroom(self, trial: Trial) -> bool:
+        """Did any relaxed throttle's suspect run above its old cap (or was an MPS limit or
+        another lever lifted, whose effect cannot be read from a rate)?"""
+        for old in trial.undo:
+            if old.level != LEVEL_IO:
+                return True
+            r_bps, w_bps = self.rate(old.target, old.device)
+            if (old.cap_r_bps is not None and r_bps > HEADROOM * old.cap_r_bps) or (
+                    old.cap_w_bps is not None and w_bps > HEADROOM * old.cap_w_bps):
+                return True
+        return False
 
     def _restore(self, trial: Trial, why: str) -> None:
         """Put the trial's keys back as they were before it."""
@@ -445,6 +551,10 @@ class _Tick:
             protected=self.protected,
             recent=self.pc.violation_windows,
             window_s=self.pc.window_s,
+            moved_at=self.moved_at,
+            latent_bps={(lv.target, lv.device): lv.demand_r_bps + lv.demand_w_bps
+                        for lv in self.levers.values() if lv.level == LEVEL_IO},
+            recovery_bound=1.0 - self.pc.recovery_margin,
         )
         head = f"{head}; {diag.describe()}"
         tried: list[str] = []
@@ -486,7 +596,13 @@ class _Tick:
         for action, lever, detail in steps:
             self.emit(action, f"{head}; {detail}")
             keys.append(action.key)
-            if isinstance(action, Migrate):
+            if isinstance(action, MpsLimit) and action.pct is not None:
+                t = self.snap.tenants.get(action.tenant)
+                if t is not None and t.placement is not None:
+                    # applied through a restart: judged once the suspect runs again
+                    self.pending[action.tenant] = Pending(
+                        action.tenant, frozenset({t.placement.gpu}), self.now, to=t.placement)
+            elif isinstance(action, Migrate):
                 self.pending[action.tenant] = Pending(
                     action.tenant, frozenset({action.source.gpu, action.to.gpu}), self.now,
                     to=action.to)
@@ -512,7 +628,8 @@ class _Tick:
     ) -> tuple[str, list[tuple[Action, Lever | None, str]]] | str:
         cands = [s for s in diag.named if s.cause in ("io", "pcie") and s.tenant is not None]
         if not cands:
-            return "io.max: no suspect with block I/O or PCIe traffic"
+            return (f"io.max: no suspect with enough evidence (score >= {MIN_SCORE}) on the "
+                    "disk or PCIe path")
         best = cands[0].score
         steps: list[tuple[Action, Lever | None, str]] = []
         why: list[str] = []
@@ -626,7 +743,7 @@ class _Tick:
                 action = MpsLimit(s.tenant, self.pc.mps_pct, reason=detail, expires_at=expires)
                 lever = Lever(key=key, level=LEVEL_MPS, target=s.tenant,
                               owners=frozenset({victim}), since=self.now, changed_at=self.now,
-                              action=action, expires_at=expires)
+                              action=action, expires_at=expires, cause=s.cause)
                 return label, [(action, lever, detail)]
         return "MPS: " + ("; ".join(why) if why else "no compute suspect on the victim's GPU")
 
@@ -642,6 +759,7 @@ class _Tick:
             blocked_gpus=self.busy_gpus(),
             taken=taken,
             failed=lambda label: label in v.failed,
+            victim_block=self._rental(victim),
         )
         if isinstance(mv, str):
             return mv
@@ -666,6 +784,9 @@ class _Tick:
         label = f"MIG resize {victim}"
         if label in v.failed:
             return f"MIG resize: growing {victim} failed its trial recently"
+        rental = self._rental(victim)
+        if rental is not None:
+            return f"MIG resize: not yet, {rental}"
         if gpu.index in self.busy_gpus():
             return f"MIG resize: GPU {gpu.index} is busy"
         used = sum(1 for g, _ in self.mig_log if g == gpu.index)
@@ -693,11 +814,12 @@ class _Tick:
     def _relax(self, name: str, reading: TailReading) -> None:
         """One step down: relax this victim's throttles one step (releasing those that reach
         the suspect's demand), else retire its highest lever. The step is itself on trial."""
-        levers = self.owned(name)
+        levers = [lv for lv in self.owned(name) if lv.level < LEVEL_PLACE]
+        if not levers:
+            return  # a move or a resize stays: it is the new baseline, not a temporary lever
         top_level = max(lv.level for lv in levers)
         v = self.victims[name]
-        calm = self.now - (v.calm_since if v.calm_since is not None else self.now)
-        head = f"{self._head(name, reading)}, calm for {calm:.0f} s"
+        head = f"{self._head(name, reading)}, calm for {v.calm_s:.0f} s"
         top = [lv for lv in levers if lv.level == top_level]
         touched: list[Lever] = []
         for lv in top:
@@ -726,7 +848,7 @@ class _Tick:
         label = f"relax {LEVEL_NAMES[top_level]}"
         trial = Trial(label, tuple(lv.key for lv in touched), top_level, self.now, self.now,
                       reading.p99_s, reading.metric, kind="relax", undo=tuple(touched))
-        self.victims[name] = replace(self.victims[name], calm_since=self.now, trial=trial)
+        self.victims[name] = replace(self.victims[name], calm_s=0.0, trial=trial)
         self._note(name, f"{head}; {label} one step")
 
     # -- renewals --------------------------------------------------------------------------
@@ -796,6 +918,8 @@ class _Tick:
             pending=self.pending,
             now=self.now,
             level_changes=changes,
+            placements=self.placements,
+            moved_at=self.moved_at,
         )
         return state, Decision(tuple(self.actions), tuple(self.reasons))
 

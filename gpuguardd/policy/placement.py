@@ -5,16 +5,19 @@ last few ticks, each term normalised to 0..~1):
 
     penalty(p) =   link load of p's switch (PCIe bytes of every GPU behind it, minus m's own)
                        / uplink capacity
+                 + 0.2 x PCIe bytes of the other GPUs under p's root complex / uplink
                  + 0.4 x block I/O of other tenants on p's NUMA node / uplink capacity
                  + 0.5 x IRQ burst on p's NUMA node ((rate / median - 1) / 3, clipped to 1)
-                 + m's own PCIe rate / uplink x (protected tenants behind p's switch)
+                 + m's own PCIe rate / uplink x (protected tenants behind p's switch
+                                                  + 0.2 x those elsewhere under p's root)
                        (a heavy mover must not become someone else's noisy neighbour)
                  + 0.1 x memory slices wasted (candidate larger than needed) / 8
                  - 0.05 x memory slices left free on p's GPU / 8   (room for a later resize)
 
 A move must also *separate* the two parties on the blamed resource (different switch and root
 for pcie, different GPU/instance for compute/membw, different NUMA node for io/host); a
-victim's own move must cut its penalty by at least ``MIN_GAIN``.
+victim's own move must cut its penalty by at least ``MIN_GAIN``, and the caller may hold the
+victim back (``victim_block``: its restart would cost more than it saves).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ NUMA_IO_WEIGHT = 0.4
 IRQ_WEIGHT = 0.5
 WASTE_WEIGHT = 0.1
 FREE_BONUS = 0.05
+ROOT_WEIGHT = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +81,9 @@ def free_placements(snapshot: Snapshot, taken_extra: set[str]) -> list[Placement
 def _separated(topo: Topology, a: Placement, b: Placement, cause: str) -> bool:
     ga, gb = topo.gpu(a.gpu), topo.gpu(b.gpu)
     if cause == "pcie":
-        return a.gpu != b.gpu and ga.root != gb.root and (
-            ga.switch is None or ga.switch != gb.switch)
+        # a shared root complex is scored (ROOT_WEIGHT), not forbidden: on one-socket hosts
+        # every GPU shares it, and it is far wider than a switch uplink
+        return a.gpu != b.gpu and (ga.switch is None or ga.switch != gb.switch)
     if cause in ("compute", "membw"):
         return a.gpu != b.gpu or (a.gi_id is not None and b.gi_id is not None
                                   and a.gi_id != b.gi_id)
@@ -118,27 +123,31 @@ class Scorer:
         gp = self.topo.gpu(p.gpu)
         link = link_bps(self.topo, p.gpu)
         mine = self.own_pcie(m)
-        load = 0.0
+        load = root_load = 0.0
         for g in self.topo.gpus:
-            if g.index == p.gpu or (gp.switch is not None and g.switch == gp.switch):
+            if self._same_link(g.index, p.gpu):
                 load += self.pcie.get(g.index, 0.0)
+            elif g.root == gp.root:
+                root_load += self.pcie.get(g.index, 0.0)
         if m.placement is not None and self._same_link(m.placement.gpu, p.gpu):
             load = max(0.0, load - mine)
         io = sum(rate for name, rate in self.io.items() if name != m.name
                  for t in (self.snap.tenants[name],)
                  if t.placement is not None and self.topo.gpu(t.placement.gpu).numa_node
                  == gp.numa_node)
-        neighbours = sum(
-            1 for t in self.snap.tenants.values()
-            if t.name != m.name and t.name in self.protected and t.placement is not None
-            and self._same_link(t.placement.gpu, p.gpu)
-        )
+        others = [t for t in self.snap.tenants.values()
+                  if t.name != m.name and t.name in self.protected and t.placement is not None]
+        neighbours = sum(1 for t in others if t.placement is not None
+                         and self._same_link(t.placement.gpu, p.gpu))
+        root_neighbours = sum(1 for t in others if t.placement is not None
+                              and self.topo.gpu(t.placement.gpu).root == gp.root) - neighbours
         need = _size(self.topo, m.placement) if m.placement is not None else 1
         waste = max(0, _size(self.topo, p) - need) if p.gi_id is not None else 0
         free = free_slices(gp) if gp.mig_enabled else 0
         return (load / link + NUMA_IO_WEIGHT * io / link
                 + IRQ_WEIGHT * self.irq_burst.get(gp.numa_node, 0.0)
-                + (mine / link) * neighbours
+                + (mine / link) * (neighbours + ROOT_WEIGHT * root_neighbours)
+                + ROOT_WEIGHT * root_load / link
                 + WASTE_WEIGHT * waste / 8 - FREE_BONUS * free / 8)
 
     def _same_link(self, a: int, b: int) -> bool:
@@ -157,6 +166,7 @@ def plan_move(
     blocked_gpus: frozenset[int],
     taken: set[str],
     failed: Callable[[str], bool],
+    victim_block: str | None = None,
 ) -> Move | str:
     """The best move that separates the victim from its blamed neighbour, or why there is none.
 
@@ -201,6 +211,9 @@ def plan_move(
                     f"off {s.relation} with {victim})")
     if not may_restart(victim):
         why.append(f"{victim} is not restartable")
+        return "placement: " + "; ".join(why)
+    if victim_block is not None:
+        why.append(f"not moving {victim} yet: {victim_block}")
         return "placement: " + "; ".join(why)
     if failed(f"place {victim}"):
         why.append(f"moving {victim} failed its trial recently")

@@ -84,13 +84,16 @@ class Victim:
     window: TailWindow = field(default_factory=TailWindow)
     streak: int = 0
     violations_total: int = 0
-    calm_since: float | None = None
+    #: seconds of calm windows since the last violation (dead-band and unknown windows hold it)
+    calm_s: float = 0.0
     level_since: float = float("-inf")
     trial: Trial | None = None
     failed: Mapping[str, float] = field(default_factory=dict)
     last_reason: str = ""
     #: multiplies recovery_dwell_s; doubled each time a de-escalation had to be reverted
     relax_backoff: float = 1.0
+    #: requests that missed the SLO, decaying with a half-life of DAMAGE_HALF_LIFE_S
+    damage: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,9 @@ class LadderState:
     now: float = float("-inf")
     #: per tenant, count of level changes (for the per-hour flapping check)
     level_changes: Mapping[str, int] = field(default_factory=dict)
+    #: tenant -> its placement last tick, and when that placement last changed
+    placements: Mapping[str, str] = field(default_factory=dict)
+    moved_at: Mapping[str, float] = field(default_factory=dict)
 
     @staticmethod
     def initial(config: Config) -> LadderState:

@@ -7,6 +7,7 @@ of ticks in the window times the sketch's bucket bound, never by the number of r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -90,6 +91,15 @@ class TailReading:
     #: the p99 and SLO (seconds) of that metric
     p99_s: float | None
     slo_s: float | None
+    #: samples in the window, and how many of them exceed the SLO of ``metric``
+    samples: int = 0
+    above: int = 0
+
+    def significant(self, level: float) -> bool:
+        """Is the excess over the SLO more than the 1 % a p99 SLO allows, at ``level``?"""
+        if level >= 1.0:
+            return True
+        return binom_sf(self.above, self.samples, 0.01) <= level
 
 
 def read_tail(
@@ -124,6 +134,8 @@ def read_tail(
     metric, p99, slo = max(known, key=lambda k: (k[1] or 0.0) / k[2])
     assert p99 is not None
     ratio = p99 / slo
+    sk = ttft_sk if metric == "ttft" else tpot_sk
+    frozen = sk.frozen()
     if ratio > 1.0:
         verdict = Verdict.VIOLATING
     elif len(known) < len(judged):
@@ -132,4 +144,39 @@ def read_tail(
         verdict = Verdict.CALM
     else:
         verdict = Verdict.DEADBAND
-    return TailReading(q_ttft, q_tpot, verdict, ratio, metric, p99, slo)
+    return TailReading(q_ttft, q_tpot, verdict, ratio, metric, p99, slo, frozen.count,
+                       count_above(frozen, slo))
+
+
+def binom_sf(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): exact for small n, normal approximation beyond."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if n <= 5000:
+        # 1 - P(X <= k - 1), summing the pmf by its ratio recursion in log space
+        log_pmf = n * math.log1p(-p)
+        cdf = math.exp(log_pmf)
+        for i in range(1, k):
+            log_pmf += math.log((n - i + 1) / i) + math.log(p) - math.log1p(-p)
+            cdf += math.exp(log_pmf)
+        return max(0.0, 1.0 - cdf)
+    mu, sd = n * p, math.sqrt(n * p * (1 - p))
+    return 0.5 * math.erfc((k - 0.5 - mu) / (sd * math.sqrt(2.0)))
+
+
+def count_above(sketch: FrozenSketch, x: float) -> int:
+    """How many samples exceed ``x`` (within the sketch's relative accuracy)."""
+    n = sketch.count
+    if n == 0:
+        return 0
+    lo, hi = 1, n + 1  # smallest rank whose value exceeds x, n + 1 when none does
+    while lo < hi:
+        mid = (lo + hi) // 2
+        v = sketch.quantile((mid - 0.5) / n)
+        if v is not None and v > x:
+            hi = mid
+        else:
+            lo = mid + 1
+    return n - lo + 1

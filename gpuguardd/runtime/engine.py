@@ -87,6 +87,8 @@ class Engine:
     tick_errors: int = 0
     last_report: TickReport | None = None
     _ready: bool = False
+    #: outcomes of a tick that failed after expiring actions: published with the next tick
+    _carried: list[Outcome] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.state is None:
@@ -95,8 +97,17 @@ class Engine:
     # -- one pass -------------------------------------------------------------------------
     def tick(self, now: float) -> TickReport:
         t0 = time.perf_counter()
-        snapshot = self.host.observe(now)
-        outcomes = self.executor.expire(now)
+        # Expiry first: a throttle must end on time even when observing the host fails.
+        expired = self.executor.expire(now)
+        try:
+            snapshot = self.host.observe(now)
+        except Exception:
+            for outcome in expired:
+                self._log_outcome(outcome)
+            self._carried += expired
+            raise
+        carried, self._carried = self._carried, []
+        outcomes = expired
         if self.operator is not None:
             outcomes += self.operator.drain(self.executor, now)
         outcomes += self.executor.advance(snapshot)
@@ -106,9 +117,10 @@ class Engine:
             actions, held = self.operator.screen(actions, now)
             outcomes += held
         outcomes += self.executor.apply(actions, now)
-        self.state = self.policy.absorb(self.state, outcomes, now)
         for outcome in outcomes:
             self._log_outcome(outcome)
+        outcomes = carried + outcomes
+        self.state = self.policy.absorb(self.state, outcomes, now)
         report = TickReport(now, snapshot, self.state, tuple(outcomes),
                             time.perf_counter() - t0)
         self.last_report = report

@@ -24,6 +24,7 @@ from functools import partial
 
 import structlog
 
+from gpuguardd.host.cgroup_io import CgroupGone
 from gpuguardd.host.protocol import Host, LeverError
 from gpuguardd.model.actions import (
     Action,
@@ -38,6 +39,7 @@ from gpuguardd.model.actions import (
     VgpuSet,
 )
 from gpuguardd.model.snapshot import Placement, Snapshot
+from gpuguardd.model.topology import MigInstance
 from gpuguardd.runtime import codec
 from gpuguardd.runtime.journal import Entry, Journal
 
@@ -75,7 +77,8 @@ class Executor:
     def expire(self, now: float) -> list[Outcome]:
         """Restore every temporary action whose expiry has passed."""
         due = [e for e in self.active() if e.expires_at is not None and e.expires_at <= now]
-        return [self._guarded(e.action, now, partial(self._restore, e, "expired")) for e in due]
+        return [self._guarded(e.action, now, partial(self._restore, e, "expired"),
+                              lever=_restore_lever(e)) for e in due]
 
     def advance(self, snapshot: Snapshot) -> list[Outcome]:
         """Resume multi-step plans (MIG resize) whose GPU is no longer busy."""
@@ -91,8 +94,10 @@ class Executor:
         outcomes = []
         for e in self.active():
             if e.expires_at is not None:
+                # the last chance to undo it: no back-off applies
                 outcomes.append(self._guarded(e.action, e.applied_at,
-                                              partial(self._restore, e, reason)))
+                                              partial(self._restore, e, reason),
+                                              lever=_restore_lever(e), force=True))
         return outcomes
 
     def recover(self, now: float) -> list[Outcome]:
@@ -102,21 +107,27 @@ class Executor:
         for e in self.journal.entries():
             if e.status == "intent" and not isinstance(e.action, MigResize):
                 outcomes.append(self._guarded(e.action, now,
-                                              partial(self._restore, e, "uncertain write")))
+                                              partial(self._restore, e, "uncertain write"),
+                                              lever=_restore_lever(e)))
             elif e.expires_at is not None and e.expires_at <= now:
                 outcomes.append(self._guarded(e.action, now,
-                                              partial(self._restore, e, "expired while down")))
+                                              partial(self._restore, e, "expired while down"),
+                                              lever=_restore_lever(e)))
             else:
                 log.info("readopted", key=e.key, action=e.action.kind, expires_at=e.expires_at)
         return outcomes
 
     # -- error handling ---------------------------------------------------------------------
-    def _guarded(self, action: Action, now: float, fn: Callable[[], Outcome]) -> Outcome:
-        lever = action.key
+    def _guarded(self, action: Action, now: float, fn: Callable[[], Outcome], *,
+                 lever: str | None = None, force: bool = False) -> Outcome:
+        """Run ``fn`` under the lever's back-off and availability. Restores use a lever of
+        their own (``restore:<key>``), so a failed tightening never delays an expiry;
+        ``force`` (shutdown) ignores the back-off."""
+        lever = lever or action.key
         if lever in self._unavailable:
             return Outcome(action, Result.UNAVAILABLE, self._unavailable[lever])
         b = self._backoff.get(lever)
-        if b is not None and now < b.until:
+        if b is not None and now < b.until and not force:
             return Outcome(action, Result.FAILED, f"backing off until {b.until:.0f}")
         try:
             outcome = fn()
@@ -129,11 +140,13 @@ class Executor:
             self._backoff[lever] = _Backoff(now + delay, delay)
             log.warning("lever_failed", lever=lever, error=str(e), retry_in_s=delay)
             return Outcome(action, Result.FAILED, str(e))
-        except OSError as e:
+        except Exception as e:  # OSError, or a bug in one lever: it must not stop the loop
             delay = min(MAX_BACKOFF_S, (b.delay * 2) if b else 30.0)
             self._backoff[lever] = _Backoff(now + delay, delay)
-            log.warning("lever_failed", lever=lever, error=str(e), retry_in_s=delay)
-            return Outcome(action, Result.FAILED, str(e))
+            error = str(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            log.warning("lever_failed", lever=lever, error=error, retry_in_s=delay,
+                        exc_info=not isinstance(e, OSError))
+            return Outcome(action, Result.FAILED, error)
         if outcome.result in (Result.APPLIED, Result.UNCHANGED, Result.REVERTED):
             self._backoff.pop(lever, None)
         return outcome
@@ -243,21 +256,63 @@ class Executor:
             step = 1
             self.journal.mark(e.key, step=step)
         if step == 1:
+            old = self._instance(a.gpu, gi_id=a.gi_id)
+            original = {"profile": a.from_profile,
+                        "start": old.start if old is not None else a.start}
+            self.journal.mark(e.key, original=original)
             self.host.mig_destroy(a.gpu, a.gi_id)
             step = 2
             self.journal.mark(e.key, step=step)
             return Outcome(a, Result.APPLIED, "old instance destroyed; creating the new one")
         if step == 2:
-            inst = self.host.mig_create(a.gpu, a.to_profile, a.start)
-            self.journal.mark(e.key, step=3, original={"profile": a.from_profile,
-                                                       "new_gi_id": inst.gi_id})
+            original = dict(e.original or {"profile": a.from_profile})
+            # A crash between the create and its journal mark left the instance behind:
+            # adopt it instead of failing on an occupied placement for ever.
+            inst = self._instance(a.gpu, profile=a.to_profile, start=a.start)
+            try:
+                if inst is None:
+                    inst = self.host.mig_create(a.gpu, a.to_profile, a.start)
+            except LeverError as err:
+                if not err.permanent:
+                    raise
+                return self._mig_rollback(e, original, err)
+            self.journal.mark(e.key, step=3, original={**original, "new_gi_id": inst.gi_id})
             return Outcome(a, Result.APPLIED, f"created {a.to_profile} gi {inst.gi_id}")
         if step == 3:
             new_gi = (e.original or {}).get("new_gi_id")
             self.host.restart_tenant(a.tenant, Placement(a.gpu, new_gi), {})
             self.journal.remove(e.key)
-            return Outcome(a, Result.APPLIED, f"{a.tenant} restarted on {a.to_profile}")
+            profile = a.from_profile if "rolled_back" in (e.original or {}) else a.to_profile
+            return Outcome(a, Result.APPLIED, f"{a.tenant} restarted on {profile}")
         return Outcome(a, Result.UNCHANGED, "")
+
+    def _instance(self, gpu: int, *, gi_id: int | None = None, profile: str | None = None,
+                  start: int | None = None) -> MigInstance | None:
+        try:
+            instances = self.host.topology().gpu(gpu).instances
+        except KeyError:
+            return None
+        for i in instances:
+            if ((gi_id is None or i.gi_id == gi_id) and (profile is None or i.profile == profile)
+                    and (start is None or i.start == start)):
+                return i
+        return None
+
+    def _mig_rollback(self, e: Entry, original: dict[str, object], err: LeverError) -> Outcome:
+        """The new profile cannot be created (permanent error): put the old instance back and
+        restart the tenant there (step 3), so that a failed resize never leaves it down."""
+        a = e.action
+        assert isinstance(a, MigResize)
+        start = original.get("start", a.start)
+        assert isinstance(start, int)
+        inst = (self._instance(a.gpu, profile=a.from_profile, start=start)
+                or self.host.mig_create(a.gpu, a.from_profile, start))
+        self.journal.mark(e.key, step=3, original={**original, "new_gi_id": inst.gi_id,
+                                                   "rolled_back": str(err)})
+        log.error("mig_resize_rolled_back", gpu=a.gpu, tenant=a.tenant, error=str(err),
+                  restored=a.from_profile, gi_id=inst.gi_id)
+        return Outcome(a, Result.FAILED, f"create {a.to_profile} failed ({err}); rolled back "
+                                         f"to {a.from_profile} gi {inst.gi_id}")
 
     # -- restore ----------------------------------------------------------------------------
     def _release(self, key: str, reason: str, action: Action) -> Outcome:
@@ -276,7 +331,9 @@ class Executor:
             try:
                 current = self.host.get_io_limit(a.tenant, a.device)
             except LeverError as err:
-                if err.permanent:  # the cgroup is gone: nothing left to restore
+                # the cgroup is gone (the tenant exited) or can never be read: nothing left
+                # to restore - a cgroup created again later starts without our limit
+                if err.permanent or isinstance(err, CgroupGone):
                     self.journal.remove(e.key)
                     return Outcome(a, Result.REVERTED, f"target gone ({err})")
                 raise
@@ -294,3 +351,7 @@ class Executor:
         # placements and layouts stay; the record goes
         self.journal.remove(e.key)
         return Outcome(a, Result.REVERTED, reason)
+
+
+def _restore_lever(e: Entry) -> str:
+    return f"restore:{e.key}"

@@ -101,9 +101,15 @@ class Journal:
             raise JournalError(f"{self.path}: {e.strerror or e}") from None
         try:
             doc = json.loads(raw)
-            if not isinstance(doc, dict) or doc.get("version") != VERSION:
+            if not isinstance(doc, dict):
+                raise ValueError(f"not a journal document (a JSON {type(doc).__name__})")
+            if doc.get("version") != VERSION:
                 raise ValueError(f"unsupported journal version {doc.get('version')!r}")
+            if not isinstance(doc["entries"], list):
+                raise ValueError("entries is not a list")
             for item in doc["entries"]:
+                if item.get("status") not in ("intent", "applied"):
+                    raise ValueError(f"entry status {item.get('status')!r}")
                 entry = Entry(
                     key=str(item["key"]),
                     action=codec.decode(item["action"]),
@@ -115,7 +121,7 @@ class Journal:
                     step=int(item.get("step", 0)),
                 )
                 self._entries[entry.key] = entry
-        except (ValueError, KeyError, TypeError, codec.CodecError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, codec.CodecError) as e:
             quarantine = self.path.with_name(f"journal.json.corrupt-{int(now)}")
             os.replace(self.path, quarantine)
             self._entries.clear()

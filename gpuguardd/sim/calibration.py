@@ -89,20 +89,52 @@ def derive(perf_model_csv: str | Path) -> dict[str, GpuCalibration]:
     }
 
 
-def prefill_s(arch: LlmArch, cal: GpuCalibration, new_tokens: int, cached_tokens: int,
-              sm_fraction: float, layer_overhead_s: float) -> float:
+@dataclass(frozen=True, slots=True)
+class ModelCost:
+    """The numbers of an :class:`LlmArch` the timing model needs, computed once (hot path).
+
+    ``prefill_flops(new, cached)`` equals ``arch.prefill_flops(cached + new) -
+    arch.prefill_flops(cached)``: matmuls for the new tokens, attention over the whole context.
+    """
+
+    layers: int
+    matmul_params: int  # parameters without the embedding table
+    attn_coeff: float  # 2 · layers · heads · head_dim
+    weight_bytes: int
+    kv_bytes_per_token: int
+
+    @staticmethod
+    def of(arch: LlmArch) -> ModelCost:
+        return ModelCost(
+            layers=arch.num_layers,
+            matmul_params=arch.params - arch.vocab_size * arch.hidden_size,
+            attn_coeff=2.0 * arch.num_layers * arch.num_heads * arch.head_dim,
+            weight_bytes=arch.weight_bytes,
+            kv_bytes_per_token=arch.kv_bytes_per_token,
+        )
+
+    def prefill_flops(self, new_tokens: int, cached_tokens: int) -> float:
+        total = cached_tokens + new_tokens
+        return (2.0 * self.matmul_params * new_tokens
+                + self.attn_coeff * (total * total - cached_tokens * cached_tokens))
+
+
+def prefill_s(arch: LlmArch | ModelCost, cal: GpuCalibration, new_tokens: int,
+              cached_tokens: int, sm_fraction: float, layer_overhead_s: float) -> float:
     """Prefill of ``new_tokens`` on top of a cached prefix, on ``sm_fraction`` of the GPU."""
     if new_tokens <= 0:
         return 0.0
-    flops = arch.prefill_flops(cached_tokens + new_tokens) - arch.prefill_flops(cached_tokens)
-    return flops / (cal.flops_eff * sm_fraction) + arch.num_layers * layer_overhead_s
+    cost = arch if isinstance(arch, ModelCost) else ModelCost.of(arch)
+    flops = cost.prefill_flops(new_tokens, cached_tokens)
+    return flops / (cal.flops_eff * sm_fraction) + cost.layers * layer_overhead_s
 
 
-def decode_step_s(arch: LlmArch, cal: GpuCalibration, batch: int, context_tokens: float,
-                  hbm_fraction: float, layer_overhead_s: float) -> float:
+def decode_step_s(arch: LlmArch | ModelCost, cal: GpuCalibration, batch: int,
+                  context_tokens: float, hbm_fraction: float, layer_overhead_s: float) -> float:
     """One decode iteration for ``batch`` sequences of ``context_tokens`` average length."""
-    read = arch.weight_bytes + batch * context_tokens * arch.kv_bytes_per_token
-    return read / (cal.hbm_eff_bps * hbm_fraction) + arch.num_layers * layer_overhead_s
+    cost = arch if isinstance(arch, ModelCost) else ModelCost.of(arch)
+    read = cost.weight_bytes + batch * context_tokens * cost.kv_bytes_per_token
+    return read / (cal.hbm_eff_bps * hbm_fraction) + cost.layers * layer_overhead_s
 
 
 def model_table(prompt_tokens: int = 512) -> str:

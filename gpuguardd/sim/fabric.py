@@ -84,6 +84,11 @@ def max_min(
     only by its cap. Returns one rate per flow; Σ rates on a link never exceeds its capacity.
     """
     n = len(paths)
+    if n == 1:  # the common case: one flow alone on its links
+        if weights[0] <= 0:
+            return [0.0]
+        return [min([caps[0], *(max(capacities[link], 0.0) for link in paths[0])])
+                if paths[0] or caps[0] < INF else INF]
     rates = [0.0] * n
     left = list(capacities)
     todo = [i for i in range(n) if weights[i] > 0 and caps[i] > 0]
@@ -157,6 +162,8 @@ class FluidDomain:
     booked: dict[int, float] = field(default_factory=dict)
     #: busy-time integral per link (Σ rate·dt), for utilisation counters
     link_bytes: list[float] = field(default_factory=list)
+    #: while callbacks run inside a completion, changes wait for one re-share at the end
+    deferred: bool = False
 
     def __post_init__(self) -> None:
         self.link_bytes = [0.0] * len(self.capacities)
@@ -200,8 +207,16 @@ class FluidDomain:
         self._reshare()
 
     def _reshare(self) -> None:
+        if self.deferred:
+            return
         fl = self.flows
-        if fl:
+        if len(fl) == 1:  # alone: its cap or its narrowest link
+            f = fl[0]
+            r = f.cap
+            for link in f.path:
+                r = min(r, self.capacities[link])
+            f.rate = r if f.weight > 0 else 0.0
+        elif fl:
             rates = max_min([f.path for f in fl], self.capacities, [f.weight for f in fl],
                             [f.cap for f in fl])
             for f, r in zip(fl, rates, strict=True):
@@ -227,7 +242,12 @@ class FluidDomain:
             self.flows.remove(f)
             f.remaining = 0.0
             f.domain = None
+        # completions usually start the owner's next flow: share once for all of it
+        self.deferred = True
+        try:
+            for f in done:
+                if f.on_done is not None:
+                    f.on_done(t)
+        finally:
+            self.deferred = False
         self._reshare()
-        for f in done:
-            if f.on_done is not None:
-                f.on_done(t)

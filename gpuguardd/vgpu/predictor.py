@@ -87,7 +87,7 @@ class Predictor:
         share: ArrayLike,
         sm_others: ArrayLike,
         prompt_tokens: ArrayLike,
-        input_bytes: float = 0.0,
+        input_bytes: ArrayLike = 0.0,
     ) -> Any:
         """Mean TTFT, ms. ``share`` is a fraction (0..1]."""
         x = batch * prompt_tokens / 1000.0

@@ -67,14 +67,15 @@ def scratch_cgroup(version: CgroupVersion, name: str) -> Iterator[tuple[str, Pat
 
 ANTAGONIST = r"""
 import os, subprocess, sys, threading
-procs, target, parallel = sys.argv[1], sys.argv[2], int(sys.argv[3])
+procs, target, parallel, bs_mib = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 with open(procs, "w") as f:
     f.write(str(os.getpid()))
 print("in-cgroup", flush=True)
 
 def loop(k):
     while True:
-        subprocess.run(["dd", "if=/dev/zero", f"of={target}.{k}", "bs=1M", "count=256",
+        subprocess.run(["dd", "if=/dev/zero", f"of={target}.{k}", f"bs={bs_mib}M",
+                        f"count={256 // bs_mib}",
                         "oflag=direct", "conv=notrunc", "status=none"], check=False)
 
 for k in range(parallel):
@@ -84,13 +85,13 @@ threading.Event().wait()
 
 
 @contextlib.contextmanager
-def dd_antagonist(cgroup: Path, target: Path, parallel: int = 1
+def dd_antagonist(cgroup: Path, target: Path, parallel: int = 1, bs_mib: int = 1
                   ) -> Iterator[subprocess.Popen[str]]:
-    """``parallel`` loops of ``dd bs=1M oflag=direct`` into ``target.<k>`` (256 MiB each,
+    """``parallel`` loops of ``dd bs=<bs_mib>M oflag=direct`` into ``target.<k>`` (256 MiB each,
     rewritten) in ``cgroup``; children inherit the cgroup, so every dd is charged to it."""
     proc = subprocess.Popen(
         [sys.executable, "-c", ANTAGONIST, str(cgroup / "cgroup.procs"), str(target),
-         str(parallel)],
+         str(parallel), str(bs_mib)],
         stdout=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:

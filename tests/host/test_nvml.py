@@ -207,3 +207,10 @@ def test_lost_gpu_is_a_health_event_not_a_crash(nv: Nvml, lib: FakeNvmlLib,
 def test_bus_id_spelling() -> None:
     assert sysfs_bus_id("00000000:17:00.0") == "0000:17:00.0"
     assert sysfs_bus_id("00000001:A0:00.0") == "0001:a0:00.0"
+
+
+def test_static_sees_mig_changes_made_by_someone_else(nv: Nvml, gpus: list[FakeGpu]) -> None:
+    assert nv.static(0).instances == ()
+    gi = gpus[0].add_gi("7g.80gb", 0)  # e.g. nvidia-smi mig -cgi behind our back
+    inst = nv.static(0).instances
+    assert [(i.gi_id, i.uuid) for i in inst] == [(gi.id, gi.uuid)]

@@ -24,7 +24,7 @@ from gpuguardd.config import (
 from gpuguardd.host.nvml import Nvml
 from gpuguardd.host.paths import HostPaths
 from gpuguardd.host.protocol import LeverError
-from gpuguardd.host.real import NoGpuError, RealHost
+from gpuguardd.host.real import HostStartupError, NoGpuError, RealHost
 from gpuguardd.model.actions import IoLimit
 from gpuguardd.model.snapshot import Placement
 from tests.host.fake_nvml import FakeGpu, FakeNvmlLib, a100
@@ -244,3 +244,12 @@ def test_real_paths_no_gpu_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(NoGpuError):
         RealHost(Config(daemon=DaemonConfig(state_dir=str(tmp_path))),
                  HostPaths(Path("/")), nvml=Nvml(), monitor=False)
+
+
+def test_unusable_push_socket_is_a_startup_error(tmp_path: Path, tree: Path,
+                                                 gpus: list[FakeGpu]) -> None:
+    cfg = config(tmp_path)
+    Path(cfg.push.socket).parent.mkdir(parents=True)
+    Path(cfg.push.socket).write_text("not a socket")
+    with pytest.raises(HostStartupError, match=r"push\.socket"):
+        RealHost(cfg, HostPaths(tree, tree / "cgroup"), monitor=False)

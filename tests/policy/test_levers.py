@@ -82,9 +82,10 @@ def test_placement_moves_the_pcie_heavy_batch_tenant_off_the_victims_switch() ->
     a, reason = moves[0]
     assert a.tenant == "t2" and a.source == Placement(1)
     topo = scene.topology
-    assert not topo.share_switch(a.to.gpu, 0) and not topo.share_root(a.to.gpu, 0)
+    assert not topo.share_switch(a.to.gpu, 0)
     assert a.to.gpu not in (0, 1, 6), "a free GPU, and not the one behind t3's busy switch"
     assert a.to.gpu != 7, "GPU 7 shares a switch with t3's 2 GB/s"
+    assert not topo.share_root(a.to.gpu, 0), "GPUs 2-3 share t1's root: scored worse"
     assert "move t2 gpu1 ->" in reason and "penalty" in reason
     assert state.tenants["t1"].level == 3
 
@@ -149,7 +150,7 @@ def test_mig_resize_grows_the_victim_into_free_adjacent_slices(
     gi = next(i for i, (p, _, _) in enumerate(layout, start=1) if p.startswith("1g"))
     scene = Scene([Member("t1", L, Placement(0, gi))], antagonist="none",
                   topology=topo, on=lambda t: True)
-    state, log = drive(scene, cfg("mig", victim_restartable=True), 20)
+    state, log = drive(scene, cfg("mig", restart_outage_s=0.0), 20)
     resizes = [(a, r) for a, r in actions(log) if isinstance(a, MigResize)]
     if expect is None:
         assert not resizes
@@ -164,7 +165,7 @@ def test_mig_resize_grows_the_victim_into_free_adjacent_slices(
 def test_mig_resize_budget_per_gpu_per_hour() -> None:
     topo = p4d({0: mig_layout(0, [("1g.5gb", 0, 1), ("2g.10gb", 2, 2)])})
     scene = Scene([Member("t1", L, Placement(0, 1))], antagonist="none", topology=topo)
-    state, log = drive(scene, cfg("mig", victim_restartable=True, mig_reconfigs_per_hour=0), 20)
+    state, log = drive(scene, cfg("mig", mig_reconfigs_per_hour=0, restart_outage_s=0.0), 20)
     assert not [a for a, _ in actions(log) if isinstance(a, MigResize)]
     assert "reconfigurations this hour" in state.tenants["t1"].last_reason
 
@@ -172,9 +173,24 @@ def test_mig_resize_budget_per_gpu_per_hour() -> None:
 def test_mig_resize_is_not_repeated_while_pending() -> None:
     topo = p4d({0: mig_layout(0, [("1g.5gb", 0, 1), ("2g.10gb", 2, 2)])})
     scene = Scene([Member("t1", L, Placement(0, 1))], antagonist="none", topology=topo)
-    _, log = drive(scene, cfg("mig", victim_restartable=True, eval_period_s=5.0,
-                              level_dwell_s=0.0), 100)
+    _, log = drive(scene, cfg("mig", eval_period_s=5.0, level_dwell_s=0.0,
+                              restart_outage_s=0.0), 100)
     # the host never completes the resize (the snapshot keeps the old layout): the GPU stays
     # blocked until the pending action times out, and the budget caps the retries
     resizes = [a for a, _ in actions(log) if isinstance(a, MigResize)]
     assert 1 <= len(resizes) <= 2
+
+
+def test_the_victim_is_only_disrupted_once_its_missed_requests_exceed_the_outage_cost() -> None:
+    """Ski rental: 50 rps all above the SLO miss 100 requests per 2 s tick; a 40 s outage
+    delays 40 x 50 = 2000 requests, so the resize comes after ~20 violating ticks, not 3."""
+    topo = p4d({0: mig_layout(0, [("1g.5gb", 0, 1), ("2g.10gb", 2, 2)])})
+    scene = Scene([Member("t1", L, Placement(0, 1))], antagonist="none", topology=topo)
+    c = cfg("mig", restart_outage_s=40.0)
+    state, log = drive(scene, c, 15)
+    assert not actions(log)
+    assert "ski rental" in state.tenants["t1"].last_reason
+    state, log = drive(scene, c, 15, state)
+    resizes = [(t, a) for t, d in log for a in d.actions if isinstance(a, MigResize)]
+    assert len(resizes) == 1
+    assert 40.0 <= resizes[0][0] <= 46.0

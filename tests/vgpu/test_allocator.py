@@ -142,3 +142,48 @@ def test_static_baseline_flags_slo_violations(a100_predictors: dict) -> None:
     plan = allocator.static(problem(ts, a100_predictors, 1))
     assert plan.assignments["a"].share_pct == 10 and not plan.assignments["a"].feasible
     assert "p99" in plan.assignments["a"].reason
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(model=st.sampled_from(MODELS), demand=st.floats(0.01, 6.0), ttft=st.floats(50, 3000),
+       tpot=st.floats(10, 200), prompt=st.sampled_from([128, 1024, 4096]),
+       max_batch=st.sampled_from([1, 4, 32, 256]))
+def test_profile_equals_plain_one_percent_stepping(
+    a100_predictors: dict, model: str, demand: float, ttft: float, tpot: float, prompt: int,
+    max_batch: int,
+) -> None:
+    import numpy as np
+
+    from gpuguardd.vgpu import memory
+
+    t = allocator.TenantSpec("x", model, BUILTIN[model], demand, prompt, 128, ttft, tpot,
+                             max_batch=max_batch)
+    pred = a100_predictors[(model, A100.name)]
+    params = allocator.AllocParams()
+    prof = allocator.build_profile(t, A100, pred, params)
+    mem_min = memory.min_share_pct(prof.memory_bytes, A100.memory_bytes)
+    expected = []
+    for level in allocator._levels(params):
+        share = next((s for s in range(max(mem_min, 1), 101)
+                      if allocator.point(t, pred, params, s, float(level)).feasible), 101)
+        expected.append(max([share, *expected[-1:]]))
+    assert list(prof.shares) == expected
+    assert np.all(np.diff(prof.shares) >= 0)
+
+
+def _erlang_c_reference(c: int, a: float) -> float:
+    b = 1.0
+    for k in range(1, c + 1):
+        b = a * b / (k + a * b)
+    rho = a / c
+    return 1.0 if rho >= 1 else b / (1 - rho * (1 - b))
+
+
+@pytest.mark.parametrize("c", [1, 2, 8, 32, 256])
+@pytest.mark.parametrize("frac", [0.0, 0.001, 0.5, 0.9, 0.999, 1.0, 2.0])
+def test_erlang_c_closed_form_matches_the_recursion(c: int, frac: float) -> None:
+    import numpy as np
+
+    got = float(allocator._erlang_c(np.array(c), np.array(frac * c)))
+    assert got == pytest.approx(_erlang_c_reference(c, frac * c), abs=1e-9)
