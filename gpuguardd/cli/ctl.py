@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
     p.add_argument("--url", help="read-only: use http://HOST:PORT/status of the metrics port")
     p.add_argument("--json", action="store_true", help="print the raw JSON answer")
     p.add_argument("--timeout", type=float, default=40.0, help="seconds to wait for the daemon")
-    cmds = p.add_subparsers(dest="ctl_command", required=True)
+    cmds = p.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
     cmds.add_parser("status", help="tenants, levels, active actions, holds")
     e = cmds.add_parser("explain", help="the last decisions about TENANT and their evidence")
     e.add_argument("tenant")

@@ -65,9 +65,10 @@ class SimDaemon:
         raise AssertionError("no VmHWM")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def sim_daemon(tmp_path_factory):
-    """`gpuguardd run --sim --speed 20` on a free loopback port, for the whole session."""
+    """`gpuguardd run --sim --speed 20` on a free loopback port, shared by tests/ops and
+    stopped after them (no background load on the rest of the suite)."""
     if importlib.util.find_spec("gpuguardd.sim.scenario") is None:
         pytest.skip("gpuguardd.sim is not on this branch yet (the simulated host)")
     d = tmp_path_factory.mktemp("simd")

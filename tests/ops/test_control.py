@@ -372,3 +372,47 @@ def test_control_config_is_validated():
         config.loads("[control]\nmax_request_bytes = 1\n")
     assert config.loads('[control]\nsocket = ""\n').control.socket == ""
     assert config.Config().control.socket == "/run/gpuguardd/control.sock"
+
+
+def test_release_with_the_real_ladder_on_the_simulated_host():
+    """The hook in the real engine: a released throttle is lifted on the host, the ladder
+    absorbs the outcome and carries on (here: it moves the suspect instead), no tick fails."""
+    import importlib.util
+
+    if importlib.util.find_spec("gpuguardd.sim.scenario") is None:
+        pytest.skip("gpuguardd.sim is not on this branch yet")
+    from gpuguardd.app.daemon import build
+
+    d = build(config.loads('[control]\nsocket = ""\n'), config_path=None, sim="noisy-neighbor",
+              listen="127.0.0.1:0")
+    d.server.start()  # (close() waits for its serving loop)
+    try:
+        now, key = 0.0, None
+        while key is None and now < 600:
+            now += 2.0
+            d.engine.tick(now)
+            key = next((e.key for e in d.engine.executor.active() if e.key.startswith("io:")),
+                       None)
+        assert key is not None, "the noisy-neighbor scenario never throttled"
+        _, tenant, device = key.split(":", 2)
+        assert d.host.get_io_limit(tenant, device) != IoLimit()
+        fut = d.engine.operator.submit(key, hold_s=300.0, reason="test")
+        now += 2.0
+        report = d.engine.tick(now)
+        assert fut.result(0)["result"] == "reverted"
+        assert next(o.result for o in report.outcomes if o.action.key == key) is Result.REVERTED
+        assert d.host.get_io_limit(tenant, device) == IoLimit()
+        reapplied = []
+        for _ in range(100):
+            now += 2.0
+            report = d.engine.tick(now)
+            reapplied += [o for o in report.outcomes if o.action.key == key
+                          and o.result is Result.APPLIED]
+        assert reapplied == []
+        assert d.engine.tick_errors == 0
+        assert d.host.get_io_limit(tenant, device) == IoLimit()
+    finally:
+        d.server.close()
+        d.host.close()
+        if d.tmpdir is not None:
+            d.tmpdir.cleanup()

@@ -151,7 +151,7 @@ def dashboard_exprs() -> list[str]:
     return exprs
 
 
-def test_dashboard_promql_parses():
+def test_dashboard_promql_parses(tmp_path):
     tool = _promtool()
     exprs = dashboard_exprs()
     assert len(exprs) > 20
@@ -160,13 +160,10 @@ def test_dashboard_promql_parses():
          "expr": e.replace("$__rate_interval", "5m").replace("$instance", ".*")
                   .replace("$tenant", ".*")}
         for i, e in enumerate(exprs)]}]}
-    path = Path(__file__).parent / ".dashboard-rules.yml"
+    path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump(rules))
-    try:
-        r = subprocess.run([tool, "check", "rules", str(path)], capture_output=True, text=True,
-                           check=False)
-    finally:
-        path.unlink()
+    r = subprocess.run([tool, "check", "rules", str(path)], capture_output=True, text=True,
+                       check=False)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
