@@ -9,7 +9,6 @@ also feed the generated configuration reference.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import re
 import tomllib
@@ -327,9 +326,15 @@ def _describe(value: Any) -> str:
     return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
 
 
-@functools.cache
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
 def _hints(cls: type[Any]) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """``get_type_hints`` resolved once per class (it dominates validating large files)."""
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def _build(cls: type[Any], data: Mapping[str, Any], path: str, errors: list[str]) -> Any:
