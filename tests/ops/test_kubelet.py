@@ -184,6 +184,26 @@ ALLOCS = [
 ]
 
 
+def test_pod_owners_cannot_promote_themselves(tmp_path):
+    """Annotations are tenant-controlled: latency only in the operator's namespaces, no
+    claiming a configured tenant's name, discovery limited to the listed namespaces."""
+    pods = pods_from_json(POD_LIST)
+    d = discover(ALLOCS, pods, cgroup_root=tmp_path)  # no latency namespaces: the default
+    assert [t for t in d.tenants if t.tenant_class == "latency"] == []
+    assert dict(d.skipped)["llm/chat-0"] == (
+        "class latency is not allowed in namespace 'llm' (operator's latency namespaces)")
+    # with chat-0 refused, chat-dup (batch) may take the name
+    assert {t.name: t.tenant_class for t in d.tenants}["chat"] == "batch"
+    d = discover(ALLOCS, pods, cgroup_root=tmp_path, latency_namespaces={"llm"},
+                 reserved_names={"chat"})
+    assert "chat" not in {t.name for t in d.tenants}
+    assert dict(d.skipped)["llm/chat-0"] == "tenant name 'chat' already taken"
+    d = discover(ALLOCS, pods, cgroup_root=tmp_path, latency_namespaces={"llm"},
+                 namespaces={"batch"})
+    assert [t.name for t in d.tenants] == ["batch-etl-1"]
+    assert dict(d.skipped)["llm/chat-0"] == "namespace 'llm' is not discovered"
+
+
 def test_discover_maps_opted_in_pods_to_tenants(tmp_path):
     root = tmp_path / "cgroup"
     # systemd driver (burstable pod) and cgroupfs driver (guaranteed pod)
@@ -192,7 +212,7 @@ def test_discover_maps_opted_in_pods_to_tenants(tmp_path):
     (root / "kubepods/podaaaa-bbbb").mkdir(parents=True)
     pods = pods_from_json(POD_LIST)
     assert "done" not in [p.name for p in pods]
-    d = discover(ALLOCS, pods, cgroup_root=root)
+    d = discover(ALLOCS, pods, cgroup_root=root, latency_namespaces={"llm"})
     by = {t.name: t for t in d.tenants}
     assert sorted(by) == ["batch-etl-1", "chat"]
     chat = by["chat"]
