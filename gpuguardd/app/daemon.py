@@ -109,6 +109,28 @@ def build(
     dry_run: bool = False,
     listen: str | None = None,
 ) -> Daemon:
+    # The control socket first: a second daemon on this host stops here, before it reads the
+    # running one's journal, takes its push socket or its metrics port.
+    control = _control_server(cfg, simulated=sim is not None or cfg.daemon.backend == "sim")
+    try:
+        return _build(cfg, control, config_path=config_path, sim=sim, speed=speed,
+                      dry_run=dry_run, listen=listen)
+    except BaseException:
+        if control is not None:
+            control.close()
+        raise
+
+
+def _build(
+    cfg: Config,
+    control: ControlServer | None,
+    *,
+    config_path: str | None,
+    sim: str | None,
+    speed: float,
+    dry_run: bool,
+    listen: str | None,
+) -> Daemon:
     if dry_run:
         cfg = dataclasses.replace(cfg, daemon=dataclasses.replace(cfg.daemon, dry_run=True))
     if listen is not None:
@@ -178,25 +200,21 @@ def build(
     except OSError as e:
         host.close()
         raise StartupError(f"metrics.listen {cfg.metrics.listen}: {e.strerror or e}") from None
-    try:
-        control = _control_server(cfg, api, simulated=scenario_tenants is not None)
-    except StartupError:
-        server.close()
-        host.close()
-        raise
+    if control is not None:
+        control.attach(api)
     daemon = Daemon(cfg, host, engine, server, board, clock, speed, config_path,
                     scenario_tenants, tmpdir=tmpdir, control=control)
     holder["daemon"] = daemon
     return daemon
 
 
-def _control_server(cfg: Config, api: ControlApi, *, simulated: bool) -> ControlServer | None:
+def _control_server(cfg: Config, *, simulated: bool) -> ControlServer | None:
     """The `gpuguardd ctl` socket. A daemon on the real host that cannot bind it refuses to
     start (a second daemon would fight the first); a simulated one runs without it."""
     if not cfg.control.socket:
         return None
     try:
-        return ControlServer(cfg.control.socket, api,
+        return ControlServer(cfg.control.socket, None,
                              max_request_bytes=cfg.control.max_request_bytes,
                              timeout_s=cfg.control.request_timeout_s)
     except OSError as e:
