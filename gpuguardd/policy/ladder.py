@@ -354,8 +354,8 @@ class _Tick:
                      or (lv.cap_w_bps is not None and w_bps >= BINDING * lv.cap_w_bps))
             if t is None or not t.running or not bound:
                 continue
-            suspect = Suspect(lv.target, "pcie", "disk read", "throttled", r_bps + w_bps, 1.0,
-                              None, 1.0)
+            suspect = Suspect(lv.target, "pcie", "disk read", f"the link it shares with {name}",
+                              r_bps + w_bps, 1.0, None, 1.0)
             mv = plan_move(
                 name, Diagnosis("pcie", (suspect,)), self.snap,
                 self.history[-self.pc.violation_windows:], protected=self.protected,
@@ -367,8 +367,8 @@ class _Tick:
             if isinstance(mv, str) or mv.tenant != lv.target or not self.usable(key):
                 continue
             held = self.now - lv.since
-            head = (f"{self._head(name, reading)}; io.max {lv.target} {_caps(lv)} has held it "
-                    f"for {held:.0f} s at {fmt_bps(r_bps + w_bps)} of "
+            head = (f"{self._head(name, reading)}; {lv.why}; io.max {lv.target} {_caps(lv)} "
+                    f"has held it for {held:.0f} s at {fmt_bps(r_bps + w_bps)} of "
                     f"{fmt_bps(lv.demand_r_bps + lv.demand_w_bps)} demand")
             action = Migrate(mv.tenant, mv.source, mv.to, reason=mv.why)
             lever = Lever(key=key, level=LEVEL_PLACE, target=mv.tenant,
@@ -658,7 +658,7 @@ class _Tick:
                     why.append(f"io.max {s.tenant} {dev} in force or cooling down")
                     continue
                 lever = replace(self._io_lever(victim, s.tenant, dev, r_bps, w_bps),
-                                cause=s.cause)
+                                cause=s.cause, why=f"cause {s.cause} ({s.describe()})")
                 steps.append((lever.action, lever,
                               f"io.max {s.tenant} {dev} {_caps(lever)} for "
                               f"{self.pc.throttle_ttl_s:.0f} s"))
@@ -745,7 +745,12 @@ class _Tick:
                               owners=frozenset({victim}), since=self.now, changed_at=self.now,
                               action=action, expires_at=expires, cause=s.cause)
                 return label, [(action, lever, detail)]
-        return "MPS: " + ("; ".join(why) if why else "no compute suspect on the victim's GPU")
+        if not why:
+            weak = [s for s in diag.suspects if s.cause in ("compute", "membw") and s.tenant]
+            why.append(f"evidence against {weak[0].tenant} too weak to restart it (score "
+                       f"{weak[0].score:.2f} < {MIN_SCORE})" if weak
+                       else "no compute suspect on the victim's GPU")
+        return "MPS: " + "; ".join(why)
 
     # -- level 3: placement ----------------------------------------------------------------
     def _plan_place(

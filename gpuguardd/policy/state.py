@@ -55,8 +55,9 @@ class Lever:
     cap_r_bps: int | None = None
     cap_w_bps: int | None = None
     expires_at: float | None = None
-    #: the diagnosed cause the lever answered ("pcie", "io", "compute", ...)
+    #: the diagnosed cause the lever answered ("pcie", "io", "compute", ...) and its evidence
     cause: str = ""
+    why: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,9 @@ def test_compute_suspect_on_the_victims_gpu_gets_an_mps_limit_only_if_restartabl
         [Member("t1", L, Placement(2)), Member("t3", B, Placement(2))],  # no MIG: shared SMs
         antagonist="t3", on=toggling,
     )
-    state, log = drive(scene, cfg("guards", batch_restartable=restartable), 60)
+    # on 40 s / off 20 s: the first toggles give the correlation that a shared pool's SM
+    # activity needs before it may blame the neighbour; at t = 70 the neighbour is on again
+    state, log = drive(scene, cfg("guards", batch_restartable=restartable), 35)
     mps = [(a, r) for a, r in actions(log) if isinstance(a, MpsLimit) and a.pct is not None]
     assert bool(mps) is expect_mps
     if expect_mps:
