@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuguardd.model.actions import Action, IoThrottle, MigResize, Migrate, MpsLimit
+from gpuguardd.model.actions import Action, IoThrottle, Migrate, MigResize, MpsLimit
 
 from .simloop import run
 
