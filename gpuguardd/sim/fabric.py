@@ -210,7 +210,13 @@ class FluidDomain:
         if self.deferred:
             return
         fl = self.flows
-        if fl:
+        if len(fl) == 1:  # alone: its cap or its narrowest link
+            f = fl[0]
+            r = f.cap
+            for link in f.path:
+                r = min(r, self.capacities[link])
+            f.rate = r if f.weight > 0 else 0.0
+        elif fl:
             rates = max_min([f.path for f in fl], self.capacities, [f.weight for f in fl],
                             [f.cap for f in fl])
             for f, r in zip(fl, rates, strict=True):

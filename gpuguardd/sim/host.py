@@ -19,7 +19,7 @@ import numpy as np
 
 from gpuguardd.host.protocol import LeverError
 from gpuguardd.model.actions import IoLimit
-from gpuguardd.model.sketch import FrozenSketch
+from gpuguardd.model.sketch import ALPHA, MAX_BUCKETS, MIN_VALUE, FrozenSketch
 from gpuguardd.model.snapshot import (
     GpuSample,
     HostSignals,
@@ -49,6 +49,23 @@ TIMER_HZ = 250.0
 IRQ_CPUS_PER_DISK = 4
 
 MPS_ENV = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
+
+_LOG_GAMMA = float(np.log((1 + ALPHA) / (1 - ALPHA)))
+
+
+def _sketch(xs: list[float]) -> FrozenSketch:
+    """``FrozenSketch.of(xs)`` computed with numpy (the same bucket keys, ceil(log_gamma x)):
+    a tick's window holds up to thousands of samples per tenant."""
+    if len(xs) < 32:
+        return FrozenSketch.of(xs)
+    a = np.asarray(xs, dtype=np.float64)
+    a = a[np.isfinite(a) & (a >= 0)]
+    keys = np.ceil(np.log(np.maximum(a, MIN_VALUE)) / _LOG_GAMMA).astype(np.int64)
+    uniq, counts = np.unique(keys, return_counts=True)
+    if uniq.size > MAX_BUCKETS:
+        return FrozenSketch.of(xs)
+    items = tuple(zip(uniq.tolist(), counts.tolist(), strict=True))
+    return FrozenSketch(items, int(a.size), float(a.sum()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +123,11 @@ class SimHost:
         self._closed = False
         self._build_fabric()
         seq = np.random.SeedSequence(seed)
-        kids = seq.spawn(len(tenants) + 2)
+        kids = seq.spawn(len(tenants) + 1)
         self._noise = np.random.default_rng(kids[0])
-        self._host_rng = np.random.default_rng(kids[1])
+        self._gpu_numa = {g.index: g.numa_node for g in spec.topology.gpus}
         self.tenants: dict[str, Tenant] = {}
-        for ts, kid in zip(tenants, kids[2:], strict=True):
+        for ts, kid in zip(tenants, kids[1:], strict=True):
             self.tenants[ts.name] = self._make_tenant(ts, np.random.default_rng(kid))
         self._order = list(self.tenants.values())
         self._pending: dict[str, _Pending] = {}
@@ -297,11 +314,13 @@ class SimHost:
                 total += f.rate
         return total
 
-    def host_delay_s(self, tenant: Tenant) -> float:
+    def host_delay_s(self, tenant: Tenant, unit_exp: float) -> float:
+        """Tokenisation and scheduling: ``host_delay_ms`` plus an exponential tail whose mean
+        (a third of the base) grows with the block I/O on the tenant's NUMA node."""
         base = tenant.spec.host_delay_ms / 1e3
-        node = self.spec.topology.gpu(tenant.placement.gpu).numa_node
+        node = self._gpu_numa[tenant.placement.gpu]
         extra = HOST_DELAY_S_PER_GBPS * self._numa_io_bps(node) / 1e9
-        return base + float(self._host_rng.exponential(base / 3 + extra)) if base > 0 else extra
+        return base + unit_exp * (base / 3 + extra)
 
     def placement_memory_bytes(self, tenant: Tenant) -> int:
         p = tenant.placement
@@ -356,11 +375,12 @@ class SimHost:
             d.advance(now)
         dt = now - self._obs_t
         self._obs_t = now
+        busy = self._busy_deltas()
         return Snapshot(
             now=now,
             topology=self.topology(),
-            gpus=self._gpu_samples(dt),
-            instances=self._instance_samples(dt),
+            gpus=self._gpu_samples(dt, busy),
+            instances=self._instance_samples(dt, busy),
             tenants={t.name: self._tenant_sample(t) for t in self._order},
             host=self._host_signals(now),
             busy_gpus=frozenset(g for g, until in self.reconfig_until.items() if until > now),
@@ -373,7 +393,17 @@ class SimHost:
                 out[k] = out.get(k, 0.0) + v
         return out
 
-    def _gpu_samples(self, dt: float) -> tuple[GpuSample, ...]:
+    def _busy_deltas(self) -> dict[tuple[int, int | None], list[float]]:
+        """Kernel seconds, SM-fraction seconds and HBM bytes per placement since last look."""
+        out: dict[tuple[int, int | None], list[float]] = {}
+        for key, acc in self._busy.items():
+            seen = self._busy_seen.setdefault(key, [0.0, 0.0, 0.0])
+            out[key] = [a - s for a, s in zip(acc, seen, strict=True)]
+            seen[:] = acc
+        return out
+
+    def _gpu_samples(self, dt: float, deltas: Mapping[tuple[int, int | None], list[float]],
+                     ) -> tuple[GpuSample, ...]:
         booked = self._booked()
         tx: dict[int, float] = {}
         for t in self._order:
@@ -387,13 +417,10 @@ class SimHost:
             # NVML byte counters: exact in hardware, sampled a little off the tick boundary
             self._rx_noisy[g] += inc * max(0.0, 1.0 + float(self._noise.normal(0.0, 0.005)))
             busy = [0.0, 0.0, 0.0]
-            for key, acc in self._busy.items():
-                if key[0] != g:
-                    continue
-                seen = self._busy_seen.setdefault(key, [0.0, 0.0, 0.0])
-                for i in range(3):
-                    busy[i] += acc[i] - seen[i]
-                    seen[i] = acc[i]
+            for key, d in deltas.items():
+                if key[0] == g:
+                    for i in range(3):
+                        busy[i] += d[i]
             sm_act = min(1.0, busy[1] / dt) if dt > 0 else 0.0
             power = ms.model.idle_w + (ms.model.tdp_w - ms.model.idle_w) * sm_act
             if ms.enabled:
@@ -413,7 +440,8 @@ class SimHost:
     def _noisy01(self, x: float) -> float:
         return min(1.0, max(0.0, x + float(self._noise.normal(0.0, 0.01))))
 
-    def _instance_samples(self, dt: float) -> tuple[InstanceSample, ...]:
+    def _instance_samples(self, dt: float, deltas: Mapping[tuple[int, int | None], list[float]],
+                          ) -> tuple[InstanceSample, ...]:
         """GPM samples: Hopper and later only, per MIG instance."""
         out: list[InstanceSample] = []
         booked = self._booked()
@@ -421,15 +449,11 @@ class SimHost:
             if not (ms.enabled and ms.model.gpm) or dt <= 0:
                 continue
             for inst in ms.instances:
-                key = (g, inst.gi_id)
-                acc = self._busy.get(key, [0.0, 0.0, 0.0])
-                seen = self._busy_seen.setdefault(key, [0.0, 0.0, 0.0])
+                d = deltas.get((g, inst.gi_id), [0.0, 0.0, 0.0])
                 frac = ms.sm_count(inst.gi_id) / ms.model.sm_count
                 hbm = ms.model.hbm_bps * ms.memory_slices(inst.gi_id) / 8
-                sm = (acc[1] - seen[1]) / dt / frac
-                dram = (acc[2] - seen[2]) / (hbm * dt)
-                for i in range(3):
-                    seen[i] = acc[i]
+                sm = d[1] / dt / frac
+                dram = d[2] / (hbm * dt)
                 acct = self._acct(Placement(g, inst.gi_id))
                 rx = booked.get(acct, 0.0)
                 rate = (rx - self._acct_seen.get(acct, 0.0)) / dt
@@ -447,7 +471,7 @@ class SimHost:
         io: tuple[IoCounters, ...] = ()
         if isinstance(t, Inference):
             ttft, tpot = t.take_window()
-            latency = LatencyWindow(FrozenSketch.of(ttft), FrozenSketch.of(tpot))
+            latency = LatencyWindow(_sketch(ttft), _sketch(tpot))
             work = float(t.drain_completed(self.loop.now))
             running = t.up
         else:

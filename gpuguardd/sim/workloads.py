@@ -98,7 +98,9 @@ class Env(Protocol):
 
     def hbm_fraction(self, tenant: Tenant) -> float: ...
 
-    def host_delay_s(self, tenant: Tenant) -> float: ...
+    def host_delay_s(self, tenant: Tenant, unit_exp: float) -> float:
+        """Host-side delay of one request; ``unit_exp`` is a standard exponential draw."""
+        ...
 
     def placement_memory_bytes(self, tenant: Tenant) -> int: ...
 
@@ -106,6 +108,24 @@ class Env(Protocol):
 
     def note_busy(self, tenant: Tenant, seconds: float, sm_fraction: float,
                   hbm_bytes: float) -> None: ...
+
+
+class Draws:
+    """Random variates drawn from a generator in blocks (one numpy call per 4096 draws)."""
+
+    __slots__ = ("_buf", "_draw", "_i")
+
+    def __init__(self, draw: Callable[[int], np.ndarray]) -> None:
+        self._draw = draw
+        self._buf: list[float] = []
+        self._i = 0
+
+    def next(self) -> float:
+        if self._i >= len(self._buf):
+            self._buf = self._draw(4096).tolist()
+            self._i = 0
+        self._i += 1
+        return self._buf[self._i - 1]
 
 
 @dataclass(slots=True)
@@ -131,6 +151,8 @@ class Tenant:
         self.placement = placement
         self.env = env
         self.rng = rng
+        self.normal = Draws(rng.standard_normal)
+        self.exponential = Draws(rng.standard_exponential)
         self.up = True
         self.active = True
         self.epoch = 0
@@ -314,6 +336,7 @@ class Inference(Tenant):
         self.busy = False
         self.batch: list[tuple[float, float, int, int, int]] = []
         self.batch_start = 0.0
+        self.batch_frac = 0.0
         self.flow: Flow | None = None
         self.wake_at = INF
         #: running decodes: (end time, KV tokens held) min-heap, and their KV tokens in total
@@ -357,6 +380,9 @@ class Inference(Tenant):
             return
         if not active:
             self._pull(t)  # what arrived before the workload stopped is still served
+            while self.queue and self.queue[-1][1] > t:  # pulled ahead, never arrives
+                self.queue.pop()
+                self.requests -= 1
             self.active = False
             self.wake_at = INF
             return
@@ -390,17 +416,23 @@ class Inference(Tenant):
             self._kick(t)
 
     # -- the server ---------------------------------------------------------------------------
-    def _pull(self, t: float) -> None:
-        """Move every request that arrived by ``t`` into the queue."""
+    def _pull(self, t: float, ahead: bool = False) -> None:
+        """Move every request that arrived by ``t`` into the queue; with ``ahead``, also the
+        next one (an idle server then sleeps until it is ready instead of waking twice: at its
+        arrival and again after its host-side delay)."""
         st = self.stream
         q = self.queue
         last_ready = q[-1][0] if q else 0.0
         while True:
             nxt = st.peek()
-            if nxt is None or nxt > t:
+            if nxt is None:
                 break
+            if nxt > t:
+                if not ahead:
+                    break
+                ahead = False
             arr, p, o, c = st.pop()
-            ready = max(arr + self.env.host_delay_s(self), last_ready)
+            ready = max(arr + self.env.host_delay_s(self, self.exponential.next()), last_ready)
             last_ready = ready
             q.append((ready, arr, p, o, c))
             self.requests += 1
@@ -423,10 +455,9 @@ class Inference(Tenant):
         if self.active:
             self._pull(t)
         q = self.queue
+        if not q and self.active:
+            self._pull(t, ahead=True)
         if not q:
-            nxt = self.stream.peek() if self.active else None
-            if nxt is not None:
-                self._sleep_until(nxt)
             return
         if q[0][0] > t:
             self._sleep_until(q[0][0])
@@ -479,7 +510,8 @@ class Inference(Tenant):
         # one iteration for the whole batch: the per-layer overhead is paid once
         dur = flops / (cal.flops_eff * frac) + cost.layers * self.env.layer_overhead_s
         # run-to-run jitter of kernel times (clocks, scheduling): lognormal, ~3 %
-        dur *= math.exp(self.rng.normal(0.0, 0.03))
+        dur *= math.exp(0.03 * self.normal.next())
+        self.batch_frac = frac
         self.env.note_busy(self, dur, frac, 0.0)
         ep = self.epoch
         self.env.loop.schedule(t + dur, lambda now: self._prefilled(now, ep))
@@ -516,7 +548,8 @@ class Inference(Tenant):
             self.tx_bytes += 4.0 * o  # generated token ids back to the host
         total_out = sum(o for _, _, _, o, _ in batch)
         per_token_bytes = self.cost.weight_bytes / n + ctx * self.cost.kv_bytes_per_token
-        self.env.note_busy(self, total_out * tpot / n, hbm, total_out * per_token_bytes)
+        self.env.note_busy(self, total_out * tpot / n, self.batch_frac,
+                           total_out * per_token_bytes)
         self._kick(t)
 
     def drain_completed(self, now: float) -> int:
@@ -534,6 +567,7 @@ class Inference(Tenant):
     def results(self, now: float, seconds: float) -> dict[str, float | int | None]:
         if self.working:
             self._pull(now)
+        not_yet = sum(1 for r in self.queue if r[1] > now)
         self.drain_completed(now)
         ttft = np.asarray(self.ttft_s) * 1e3
         tpot = np.asarray(self.tpot_s) * 1e3
@@ -547,7 +581,7 @@ class Inference(Tenant):
             "ttft_p999_ms": q(ttft, 0.999),
             "tpot_p99_ms": q(tpot, 0.99),
             "slo_violation_rate": self.violation_rate(),
-            "requests": self.requests,
+            "requests": self.requests - not_yet,
             "completed": self.completed,
             "throughput_rps": self.completed / seconds if seconds > 0 else 0.0,
             "throughput": self.completed / seconds if seconds > 0 else 0.0,
@@ -722,7 +756,7 @@ class Training(Tenant):
         ep = self.epoch
         frac = self.env.sm_fraction(self)
         dur = self.spec.step_s / max(frac, 1e-6)
-        dur *= math.exp(self.rng.normal(0.0, 0.02))
+        dur *= math.exp(0.02 * self.normal.next())
         self.pending = 2 if self.spec.batch_bytes > 0 else 1
         hbm = self.env.hbm_fraction(self)
         cal = self.env.calibration(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from hypothesis import given, settings
@@ -78,7 +79,7 @@ tree_st = st.tuples(
 def _tree(links: list[float], uplink: float, flows: list[tuple[int, float, float]],
           ) -> tuple[list[tuple[int, ...]], list[float], list[float], list[float]]:
     k = len(links)
-    paths = [(g % k, k) for g, _, _ in flows]
+    paths: list[tuple[int, ...]] = [(g % k, k) for g, _, _ in flows]
     return paths, [*links, uplink], [w for _, w, _ in flows], [c for _, _, c in flows]
 
 
@@ -119,8 +120,14 @@ def _finish_time(capacity: float, size: float, others: list[tuple[float, float, 
     loop = EventLoop()
     dom = FluidDomain([capacity], loop.schedule)
     done: list[float] = []
+
+    def starter(size: float, weight: float) -> Callable[[float], None]:
+        def start(t: float) -> None:
+            dom.add(t, Flow((0,), size, weight))
+        return start
+
     for start, osize, weight in others:
-        loop.schedule(start, lambda t, s=osize, w=weight: dom.add(t, Flow((0,), s, w)))
+        loop.schedule(start, starter(osize, weight))
     dom.add(0.0, Flow((0,), size, 1.0, on_done=done.append))
     loop.run_until(1e6)
     return done[0]

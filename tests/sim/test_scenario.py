@@ -36,8 +36,10 @@ def errors_of(text: str, **kw: object) -> list[str]:
 @pytest.mark.parametrize("name", [n for n in BUILTIN_SCENARIOS if n != "azure-conv"])
 def test_builtin_scenarios_load(name: str) -> None:
     sc = load_scenario(name)
-    assert sc.name == name and sc.seconds == 600 and sc.seed == 1
+    assert sc.name == name and sc.seed == 1
+    assert sc.seconds == (3600 if name == "p4d-x2-hour" else 600)
     assert any(t.tenant_class == "latency" for t in sc.tenants)
+    assert len(sc.host_spec.topology.gpus) == (16 if name == "p4d-x2-hour" else 8)
 
 
 @pytest.mark.skipif(not (SHARED / "azure-llm-2023").is_dir(), reason="shared data absent")
