@@ -166,6 +166,7 @@ class _Tick:
         self.readings: dict[str, TailReading] = {}
         self.history: tuple[TickRates, ...] = state.history
         self.levels_before = {v: state.level_of(v) for v in state.victims}
+        self.undone: set[str] = set()  # victims whose relaxation was undone this tick
         self.placements: dict[str, str] = dict(state.placements)
         self.moved_at: dict[str, float] = dict(state.moved_at)
 
@@ -202,6 +203,7 @@ class _Tick:
     # -- the pass --------------------------------------------------------------------------
     def run(self) -> None:
         ratios: dict[str, float] = {}
+        self._settle_pending()
         for sample in self.snap.tenants.values():
             where = str(sample.placement)
             if self.placements.get(sample.name, where) != where:
@@ -219,6 +221,8 @@ class _Tick:
                 missed = max(count_above(t.latency.ttft, ttft_slo) if ttft_slo else 0,
                              count_above(t.latency.tpot, tpot_slo) if tpot_slo else 0)
             dt = self.now - self.s.now if math.isfinite(self.s.now) else 0.0
+            if self.now < v.rent_from:
+                missed = 0
             v = replace(v, damage=v.damage * 0.5 ** (max(dt, 0.0) / DAMAGE_HALF_LIFE_S) + missed)
             reading = read_tail(
                 window,
@@ -234,7 +238,6 @@ class _Tick:
                 ratios[name] = reading.ratio
         rates = rates_of(self.snap, self.s.counters, ratios)
         self.history = trim((*self.s.history, rates), self.now, self.pc.diagnosis_window_s)
-        self._settle_pending()
         self._drop_unjustified()
         for name in sorted(self.victims):
             if name not in self.snap.tenants or name not in self.protected:
@@ -247,6 +250,11 @@ class _Tick:
         for tenant, p in list(self.pending.items()):
             if _pending_done(p, self.snap) or self.now - p.issued_at > PENDING_TIMEOUT_S:
                 del self.pending[tenant]
+            if tenant in self.victims:
+                # ski rental: the outage was the price; what it delays (the backlog served
+                # after the restart, one evaluation period) is not new rent
+                self.victims[tenant] = replace(self.victims[tenant], damage=0.0,
+                                               rent_from=self.now + self.pc.eval_period_s)
 
     def _drop_unjustified(self) -> None:
         """A throttle or MPS limit whose target no longer shares the blamed resource with its
@@ -309,8 +317,8 @@ class _Tick:
         if v.trial is not None:
             v = self._judge(name, v, reading)
             self.victims[name] = v
-            if v.trial is not None:
-                return
+            if v.trial is not None or name in self.undone:
+                return  # still on trial, or a relaxation was just undone: that is the action
         dwell_ok = self.now - v.level_since >= self.pc.level_dwell_s
         sustained = self._sustained(v, reading)
         if reading.verdict is Verdict.VIOLATING and streak >= self.pc.violation_windows:
@@ -476,6 +484,7 @@ class _Tick:
                    f"{self.pc.recovery_dwell_s * backoff:.0f} s calm; ")
             self._restore(trial, why)
             self._note(name, why.rstrip("; "))
+            self.undone.add(name)
             return replace(self.victims[name], trial=None, relax_backoff=backoff)
         if self.now < trial.started_at + self.pc.eval_period_s:
             return v
@@ -759,7 +768,7 @@ class _Tick:
         taken = {str(p.to) for p in self.pending.values() if p.to is not None}
         mv = plan_move(
             victim, diag, self.snap, self.history[-self.pc.violation_windows :],
-            protected=self.protected,
+            protected=self.protected, history=self.history,
             may_restart=lambda n: may_restart(n, self.snap, self.cfg),
             blocked_gpus=self.busy_gpus(),
             taken=taken,

@@ -95,6 +95,8 @@ class Victim:
     relax_backoff: float = 1.0
     #: requests that missed the SLO, decaying with a half-life of DAMAGE_HALF_LIFE_S
     damage: float = 0.0
+    #: no damage accrues before this time (the backlog after the victim's own restart)
+    rent_from: float = float("-inf")
 
 
 @dataclass(frozen=True, slots=True)
