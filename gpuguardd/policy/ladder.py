@@ -2,14 +2,24 @@
 
 Per protected tenant (victim):
 
-    detect   windowed p99 vs SLO -> violating / dead-band / calm / unknown
-    trial    eval_period_s after an action: improved (p99 <= (1 - min_improvement) x p99 at the
-             action, or within the SLO) -> keep; otherwise revert it and remember it failed
-    escalate violating for violation_windows ticks, no trial running, level dwell passed:
-             tighten an io throttle still above its floor, else diagnose and apply the cheapest
-             lever that addresses the cause and has not failed recently
-    relax    calm (p99 < (1 - recovery_margin) x SLO) for recovery_dwell_s: undo one step of the
-             highest lever (relax a throttle one step, lift an MPS limit, retire a placement)
+    detect   windowed p99 vs SLO -> violating / dead-band / calm / unknown; act only after
+             violation_windows violating ticks whose last window is significantly above the
+             1 % a p99 allows (binomial test), so a lone excursion of a few samples waits
+    trial    eval_period_s after an action took effect (after the restart or move completed):
+             improved (p99 <= (1 - min_improvement) x p99 at the action, or within the SLO)
+             -> keep; otherwise revert it and remember it failed (lever_memory_s)
+    escalate tighten an io throttle still above its floor, else diagnose and apply the cheapest
+             lever that addresses the cause and has not failed recently: io.max -> MPS ->
+             placement -> MIG resize. Restarting the victim itself (its move, its resize)
+             waits until more of its requests missed the SLO than the outage would delay
+             (ski rental, restart_outage_s)
+    cure     a throttle that binds a restartable suspect for stopgap_s is replaced by moving the
+             suspect off the shared link; its throttle is lifted once the move proved itself
+    relax    calm (p99 < (1 - recovery_margin) x SLO) for recovery_dwell_s, dead-band windows
+             holding the clock: relax the highest throttle one step or lift an MPS limit. The
+             step is on trial: if the tail comes back and the suspect used its new headroom, it
+             is restored and the next dwell doubles. Moves and resizes stay (undoing one costs
+             another outage and recreates the conflict): they keep the level they reached.
 
 The io.max control law, per suspect and device and direction (rates in bytes/s):
 
@@ -81,13 +91,15 @@ POLICY_LEVELS: Mapping[str, frozenset[int]] = {
     "full": frozenset({LEVEL_IO, LEVEL_MPS, LEVEL_PLACE, LEVEL_MIG}),
 }
 
-#: levers that address each cause, cheapest first
+#: levers that address each cause, cheapest first. A larger MIG instance brings SMs and memory
+#: slices, not PCIe bandwidth (every instance shares its GPU's link) nor host CPU: it is no
+#: lever for io, pcie or host causes, however high the ladder climbs.
 CAUSE_LEVELS: Mapping[str, tuple[int, ...]] = {
-    "io": (LEVEL_IO, LEVEL_PLACE, LEVEL_MIG),
-    "pcie": (LEVEL_IO, LEVEL_PLACE, LEVEL_MIG),
+    "io": (LEVEL_IO, LEVEL_PLACE),
+    "pcie": (LEVEL_IO, LEVEL_PLACE),
     "compute": (LEVEL_MPS, LEVEL_PLACE, LEVEL_MIG),
     "membw": (LEVEL_MPS, LEVEL_PLACE, LEVEL_MIG),
-    "host": (LEVEL_PLACE, LEVEL_MIG),
+    "host": (LEVEL_PLACE,),
     "unknown": (LEVEL_MIG, LEVEL_PLACE),
 }
 
@@ -109,6 +121,8 @@ RELAX_BACKOFF_MAX = 8.0
 PENDING_TIMEOUT_S = 300.0
 #: MPS limits live this many throttle TTLs between renewals (lifting one costs a restart)
 MPS_TTL_FACTOR = 4.0
+#: the failed-lever memory stops doubling after this many failed trials
+MAX_STRIKES = 6
 UNAVAILABLE = math.inf
 
 
@@ -185,18 +199,17 @@ class _Tick:
             key=lambda lv: (lv.level, lv.since, lv.key),
         )
 
-    def usable(self, key: str, *, cooldown: bool = True) -> bool:
+    def usable(self, key: str) -> bool:
+        """Not backed off after a failure, and not changed within ``cooldown_s``."""
         if key in self.blocked:
             return False
-        return not (
-            cooldown and self.now - self.changed_at.get(key, -math.inf) < self.pc.cooldown_s
-        )
+        return self.now - self.changed_at.get(key, -math.inf) >= self.pc.cooldown_s
 
     def rate(self, tenant: str, device: str) -> tuple[float, float]:
         """Mean (read, write) bytes/s over the last violation_windows ticks."""
         recent = self.history[-self.pc.violation_windows :]
-        rs = [h.io_read_bps[(tenant, device)] for h in recent if (tenant, device) in h.io_read_bps]
         key = (tenant, device)
+        rs = [h.io_read_bps[key] for h in recent if key in h.io_read_bps]
         ws = [h.io_write_bps[key] for h in recent if key in h.io_write_bps]
         return (sum(rs) / len(rs) if rs else 0.0, sum(ws) / len(ws) if ws else 0.0)
 
@@ -311,7 +324,8 @@ class _Tick:
             streak, calm_s = 0, calm_s + max(dt, 0.0)
         elif reading.verdict is Verdict.DEADBAND:
             streak = 0  # dead-band: hold, neither calm nor violating
-        failed = {k: t for k, t in v.failed.items() if self.now - t < self.pc.lever_memory_s}
+        failed = {k: t for k, t in v.failed.items()
+                  if self.now - t < self.pc.lever_memory_s * 2 ** (v.strikes.get(k, 1) - 1)}
         v = replace(v, streak=streak, calm_s=calm_s, violations_total=total, failed=failed)
         self.victims[name] = v
         if v.trial is not None:
@@ -458,8 +472,10 @@ class _Tick:
         self._restore(trial, why)
         failed = dict(self.victims[name].failed)
         failed[trial.label] = self.now
+        strikes = dict(self.victims[name].strikes)
+        strikes[trial.label] = min(strikes.get(trial.label, 0) + 1, MAX_STRIKES)
         self._note(name, why + "reverted")
-        return replace(self.victims[name], trial=None, failed=failed)
+        return replace(self.victims[name], trial=None, failed=failed, strikes=strikes)
 
     def _lift_moved(self, name: str, trial: Trial, r: TailReading) -> None:
         """A suspect moved off the victim's link no longer needs the victim's throttle."""

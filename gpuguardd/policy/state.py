@@ -89,7 +89,10 @@ class Victim:
     calm_s: float = 0.0
     level_since: float = float("-inf")
     trial: Trial | None = None
+    #: lever label -> when its trial last failed (forgotten after its memory, see ``strikes``)
     failed: Mapping[str, float] = field(default_factory=dict)
+    #: lever label -> failed trials so far: the memory doubles with each (lever_memory_s x 2^k)
+    strikes: Mapping[str, int] = field(default_factory=dict)
     last_reason: str = ""
     #: multiplies recovery_dwell_s; doubled each time a de-escalation had to be reverted
     relax_backoff: float = 1.0
