@@ -37,6 +37,3 @@ class EventLoop:
         self.processed += n
         if t_end > self.now:
             self.now = t_end
-
-    def next_time(self) -> float | None:
-        return self._heap[0][0] if self._heap else None

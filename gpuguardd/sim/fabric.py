@@ -160,13 +160,8 @@ class FluidDomain:
     version: int = 0
     #: bytes moved so far per account (cumulative counters)
     booked: dict[int, float] = field(default_factory=dict)
-    #: busy-time integral per link (Σ rate·dt), for utilisation counters
-    link_bytes: list[float] = field(default_factory=list)
     #: while callbacks run inside a completion, changes wait for one re-share at the end
     deferred: bool = False
-
-    def __post_init__(self) -> None:
-        self.link_bytes = [0.0] * len(self.capacities)
 
     def advance(self, t: float) -> None:
         dt = t - self.now
@@ -178,8 +173,6 @@ class FluidDomain:
                 f.remaining -= moved
                 f.moved += moved
                 self.booked[f.account] = self.booked.get(f.account, 0.0) + moved
-                for link in f.path:
-                    self.link_bytes[link] += moved
         self.now = t
 
     def add(self, t: float, flow: Flow) -> Flow:
@@ -199,11 +192,6 @@ class FluidDomain:
     def set_cap(self, t: float, flow: Flow, cap: float) -> None:
         self.advance(t)
         flow.cap = cap
-        self._reshare()
-
-    def set_capacity(self, t: float, link: int, capacity: float) -> None:
-        self.advance(t)
-        self.capacities[link] = capacity
         self._reshare()
 
     def _reshare(self) -> None:

@@ -122,6 +122,7 @@ class MigState:
         self.model = model
         self.enabled = enabled
         self._instances: dict[int, MigInstance] = {}
+        self._profile_of: dict[int, MigProfile] = {}  # gi_id -> its profile (hot path)
 
     @property
     def instances(self) -> tuple[MigInstance, ...]:
@@ -168,6 +169,7 @@ class MigState:
             uuid=f"MIG-sim-{self.gpu:02d}-{gi_id:02d}-{start}{p.size}",
         )
         self._instances[gi_id] = inst
+        self._profile_of[gi_id] = p
         return inst
 
     def first_fit(self, profile: str) -> MigInstance:
@@ -180,6 +182,7 @@ class MigState:
 
     def destroy(self, gi_id: int) -> MigInstance:
         inst = self._instances.pop(gi_id, None)
+        self._profile_of.pop(gi_id, None)
         if inst is None:
             raise LeverError(f"GPU {self.gpu}: no GPU instance {gi_id}", permanent=True)
         return inst
@@ -187,17 +190,14 @@ class MigState:
     def sm_count(self, gi_id: int | None) -> int:
         if gi_id is None:
             return self.model.sm_count
-        inst = self._instances[gi_id]
-        return self.model.profile(inst.profile).sm_count
+        return self._profile_of[gi_id].sm_count
 
     def memory_slices(self, gi_id: int | None) -> int:
         if gi_id is None:
             return 8
-        inst = self._instances[gi_id]
-        return self.model.profile(inst.profile).memory_slices
+        return self._profile_of[gi_id].memory_slices
 
     def memory_bytes(self, gi_id: int | None) -> int:
         if gi_id is None:
             return self.model.memory_bytes
-        inst = self._instances[gi_id]
-        return self.model.profile(inst.profile).memory_bytes
+        return self._profile_of[gi_id].memory_bytes

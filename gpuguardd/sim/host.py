@@ -166,7 +166,6 @@ class SimHost:
                 if name not in links:
                     links[name] = len(dom.capacities)
                     dom.capacities.append(cap)
-                    dom.link_bytes.append(0.0)
                 return links[name]
 
             path = (link(f"gpu{g.index}", self.spec.link_bps(g.index)),
@@ -314,13 +313,13 @@ class SimHost:
                 total += f.rate
         return total
 
-    def host_delay_s(self, tenant: Tenant, unit_exp: float) -> float:
+    def host_delay(self, tenant: Tenant) -> tuple[float, float]:
         """Tokenisation and scheduling: ``host_delay_ms`` plus an exponential tail whose mean
         (a third of the base) grows with the block I/O on the tenant's NUMA node."""
         base = tenant.spec.host_delay_ms / 1e3
         node = self._gpu_numa[tenant.placement.gpu]
         extra = HOST_DELAY_S_PER_GBPS * self._numa_io_bps(node) / 1e9
-        return base + unit_exp * (base / 3 + extra)
+        return base, base / 3 + extra
 
     def placement_memory_bytes(self, tenant: Tenant) -> int:
         p = tenant.placement

@@ -25,7 +25,9 @@ from gpuguardd.sim.topology import PRESETS, HostSpec, TopologyError, load_nccl_x
 from gpuguardd.sim.traces import Trace, TraceError, load_trace
 from gpuguardd.sim.workloads import TenantSpec
 
-BUILTIN_SCENARIOS = ("noisy-neighbor", "pcie-hotspot", "azure-conv", "p4d-x2-hour")
+BUILTIN_SCENARIOS = (
+    "noisy-neighbor", "pcie-hotspot", "azure-conv", "shared-gpu", "p4d-x2-hour",
+)
 SHARED_PREFIX = "@shared/"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import numpy as np
 from gpuguardd.model.actions import IoLimit
 from gpuguardd.model.llm import LlmArch, builtin
 from gpuguardd.model.snapshot import Placement
-from gpuguardd.sim.calibration import GpuCalibration, ModelCost, decode_step_s
+from gpuguardd.sim.calibration import GpuCalibration, ModelCost
 from gpuguardd.sim.events import EventLoop
 from gpuguardd.sim.fabric import INF, Flow
 from gpuguardd.sim.traces import Trace
@@ -33,45 +34,52 @@ RHO_TAU_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class TenantSpec:
-    """One ``[[tenant]]`` of a scenario, validated (units in the names)."""
+    """One ``[[tenant]]`` of a scenario, validated (units in the names).
+
+    Keys beyond CONTRACTS.md are workload parameters a real deployment has too: prompt and
+    output lengths, how much of a prompt a prefix hit covers, the ETL's chunk size, a training
+    step's time and batch bytes, and the weights with which a tenant competes (``streams``:
+    DMA copies in flight on PCIe; ``sm_weight``: how hard its kernels fill the SMs of a shared
+    pool - a training job's large grids take more than an inference server's).
+    """
 
     name: str
     kind: str  # inference | etl | training
     tenant_class: str  # latency | batch
     gpu: int = 0
-    instance: int | None = None
+    instance: int | None = None  # index into the GPU's initial MIG layout
     restartable: bool | None = None
     ttft_p99_ms: float | None = None
     tpot_p99_ms: float | None = None
     # inference
-    model: str = "llama2-7b"
-    rate_rps: float = 10.0
+    model: str = "llama2-7b"  # a gpuguardd.model.llm built-in
+    rate_rps: float = 10.0  # Poisson arrivals (unless ``trace``)
     trace: Trace | None = None
-    kv_offload: bool = False
-    input_bytes_per_request: float = 0.0
-    prompt_tokens: int = 512
-    output_tokens: int = 128
-    token_sigma: float = 0.25
-    prefix_hit_rate: float = 0.3
-    prefix_fraction: float = 0.75
-    max_batch_tokens: int = 2048
-    max_batch: int = 256
-    host_delay_ms: float = 0.3
+    kv_offload: bool = False  # prefix-cache KV in host memory, loaded over PCIe on a hit
+    input_bytes_per_request: float = 0.0  # extra host-to-device payload per request
+    prompt_tokens: int = 512  # Poisson arrivals: mean prompt length
+    output_tokens: int = 128  # Poisson arrivals: mean output length
+    token_sigma: float = 0.25  # lognormal spread of both lengths around their mean
+    prefix_hit_rate: float = 0.3  # without Mooncake hash_ids: P(prefix hit)
+    prefix_fraction: float = 0.75  # share of the prompt a hit covers
+    max_batch_tokens: int = 2048  # new tokens per prefill iteration (chunked-prefill budget)
+    max_batch: int = 256  # running sequences
+    host_delay_ms: float = 0.3  # tokenisation and scheduling on the host
     # etl
-    device: str | None = None
-    read_bps: float = 2.0e9
-    chunk_bytes: float = 64 * 2**20
-    buffers: int = 2
+    device: str | None = None  # block device name or MAJ:MIN; default: first on its NUMA node
+    read_bps: float = 2.0e9  # what the job reads when nothing limits it
+    chunk_bytes: float = 64 * 2**20  # staging buffer copied to the GPU per transfer
+    buffers: int = 2  # staging buffers (read-ahead depth)
     # training
-    step_s: float = 0.5
-    batch_bytes: float = 256 * 2**20
-    hbm_fraction: float = 0.3
+    step_s: float = 0.5  # step time alone on a whole GPU
+    batch_bytes: float = 256 * 2**20  # data loaded to the GPU per step
+    hbm_fraction: float = 0.3  # HBM bandwidth it uses of its pool
     # sharing
     streams: float = 1.0  # PCIe weight: DMA transfers in flight
     sm_weight: float = 1.0  # SM weight under MPS/time-slicing
-    mps_pct: int | None = None
-    share_pct: int | None = None
-    memory_limit_bytes: int | None = None
+    mps_pct: int | None = None  # initial MPS active-thread percentage
+    share_pct: int | None = None  # initial HAMi compute share
+    memory_limit_bytes: int | None = None  # initial HAMi memory limit
 
     @property
     def may_restart(self) -> bool:
@@ -98,8 +106,9 @@ class Env(Protocol):
 
     def hbm_fraction(self, tenant: Tenant) -> float: ...
 
-    def host_delay_s(self, tenant: Tenant, unit_exp: float) -> float:
-        """Host-side delay of one request; ``unit_exp`` is a standard exponential draw."""
+    def host_delay(self, tenant: Tenant) -> tuple[float, float]:
+        """Host-side delay of the tenant's requests right now: (fixed part, mean of the
+        exponential tail), seconds."""
         ...
 
     def placement_memory_bytes(self, tenant: Tenant) -> int: ...
@@ -128,13 +137,7 @@ class Draws:
         return self._buf[self._i - 1]
 
 
-@dataclass(slots=True)
-class IoCounter:
-    rbytes: float = 0.0
-    rios: int = 0
-
-
-class Tenant:
+class Tenant(ABC):
     """State every tenant kind shares: placement, lifecycle, limits, counters.
 
     ``up``: the process exists (false during a restart's downtime or after a stop lever);
@@ -161,7 +164,6 @@ class Tenant:
         self.pending_share_pct: int | None = spec.share_pct
         self.memory_limit_bytes: int | None = spec.memory_limit_bytes
         self.io_limits: dict[str, IoLimit] = {}
-        self.io: dict[str, IoCounter] = {}
         self.downtime_s = 0.0
         self.down_since: float | None = None
         #: mean demand for SMs while active (inference: its prefill-busy fraction)
@@ -206,18 +208,22 @@ class Tenant:
         """A scenario ``set`` event: new workload parameters from ``t`` on."""
         self.spec = spec
 
-    # -- to be provided by each kind ----------------------------------------------------------
-    def begin(self, t: float) -> None:
-        raise NotImplementedError
-
-    def halt(self, t: float) -> None:
-        raise NotImplementedError
-
     def memory_need_bytes(self) -> int:
+        """GPU memory the process needs to start (batch jobs: assumed to fit)."""
         return 0
 
+    # -- provided by each kind ----------------------------------------------------------------
+    @abstractmethod
+    def begin(self, t: float) -> None:
+        """Start working at ``t`` (process up and workload on)."""
+
+    @abstractmethod
+    def halt(self, t: float) -> None:
+        """Stop all activity at ``t``: cancel flows, void pending callbacks."""
+
+    @abstractmethod
     def results(self, now: float, seconds: float) -> dict[str, float | int | None]:
-        raise NotImplementedError
+        """Ground truth for the evaluation layer."""
 
 
 # -- inference -----------------------------------------------------------------------------------
@@ -339,9 +345,13 @@ class Inference(Tenant):
         self.batch_frac = 0.0
         self.flow: Flow | None = None
         self.wake_at = INF
-        #: running decodes: (end time, KV tokens held) min-heap, and their KV tokens in total
-        self.decodes: list[tuple[float, int]] = []
+        #: running decodes: (end time, KV tokens reserved, mean context) min-heap, and the sums
+        #: of both over the running sequences (admission uses the reservation, the decode step
+        #: reads the mean context)
+        self.decodes: list[tuple[float, int, int]] = []
         self.kv_tokens = 0
+        self.ctx_tokens = 0
+        self.kv_budget = self._kv_budget_tokens()
         self.requests = 0
         self.completed = 0
         self.window_ttft: list[float] = []
@@ -359,7 +369,8 @@ class Inference(Tenant):
         return int(self.cost.weight_bytes + 4 * ctx * self.cost.kv_bytes_per_token)
 
     def _kv_budget_tokens(self) -> int:
-        """KV tokens that fit next to the weights (what vLLM's block manager can hand out)."""
+        """KV tokens that fit next to the weights (what vLLM's block manager can hand out);
+        sized when the engine starts, like vLLM's KV cache."""
         free = self.env_memory() - self.cost.weight_bytes
         return max(0, int(free // self.cost.kv_bytes_per_token))
 
@@ -373,6 +384,7 @@ class Inference(Tenant):
     # -- lifecycle ----------------------------------------------------------------------------
     def begin(self, t: float) -> None:
         self.epoch += 1
+        self.kv_budget = self._kv_budget_tokens()
         self._kick(t)
 
     def set_active(self, t: float, active: bool) -> None:
@@ -409,6 +421,10 @@ class Inference(Tenant):
 
     def apply_spec(self, t: float, spec: TenantSpec) -> None:
         self._pull(t)
+        if spec.trace is None:  # Poisson arrivals are redrawn from t: forget the look-ahead
+            while self.queue and self.queue[-1][1] > t:
+                self.queue.pop()
+                self.requests -= 1
         super().apply_spec(t, spec)
         self.stream.retarget(spec, t)
         if self.working:
@@ -421,21 +437,26 @@ class Inference(Tenant):
         next one (an idle server then sleeps until it is ready instead of waking twice: at its
         arrival and again after its host-side delay)."""
         st = self.stream
+        nxt = st.peek()
+        if nxt is None or (nxt > t and not ahead):
+            return
         q = self.queue
         last_ready = q[-1][0] if q else 0.0
+        base, tail = self.env.host_delay(self)
+        draw = self.exponential.next
         while True:
-            nxt = st.peek()
-            if nxt is None:
-                break
             if nxt > t:
                 if not ahead:
                     break
                 ahead = False
             arr, p, o, c = st.pop()
-            ready = max(arr + self.env.host_delay_s(self, self.exponential.next()), last_ready)
+            ready = max(arr + base + tail * draw(), last_ready)
             last_ready = ready
             q.append((ready, arr, p, o, c))
             self.requests += 1
+            nxt = st.peek()
+            if nxt is None:
+                break
 
     def _wake(self, t: float, epoch: int) -> None:
         if epoch != self.epoch or t != self.wake_at:
@@ -463,10 +484,11 @@ class Inference(Tenant):
             self._sleep_until(q[0][0])
             return
         dec = self.decodes
-        self.drain_completed(t)
+        if dec and dec[0][0] <= t:
+            self.drain_completed(t)
         s = self.spec
         slots = s.max_batch - len(dec)
-        kv_free = self._kv_budget_tokens() - self.kv_tokens
+        kv_free = self.kv_budget - self.kv_tokens
         head_kv = q[0][2] + q[0][3]
         if dec and (slots <= 0 or head_kv > kv_free):
             # admission waits for running sequences to finish and free their KV blocks
@@ -529,33 +551,41 @@ class Inference(Tenant):
         self.rho = a * self.rho + (1 - a) * min(1.0, busy / span)
         self.rho_t = t
         dec = self.decodes
+        cost = self.cost
         cal = self.env.calibration(self)
         hbm = self.env.hbm_fraction(self)
+        total_out = 0
+        for r in batch:
+            p, o = r[2], r[3]
+            self.kv_tokens += p + o
+            self.ctx_tokens += p + o // 2
+            total_out += o
         n = len(dec) + len(batch)
-        ctx_new = sum(p + o // 2 for _, _, p, o, _ in batch)
-        ctx = (self.kv_tokens + ctx_new) / n  # mean context of the running sequences
-        step = decode_step_s(self.cost, cal, n, ctx, hbm, self.env.layer_overhead_s)
+        # decode_step_s() with the running sequences' summed context
+        read = cost.weight_bytes + self.ctx_tokens * cost.kv_bytes_per_token
+        step = read / (cal.hbm_eff_bps * hbm) + cost.layers * self.env.layer_overhead_s
         tpot = step * (1.0 + self.rho)
-        self.kv_tokens += ctx_new
+        win_ttft, win_tpot = self.window_ttft, self.window_tpot
+        all_t, all_ttft, all_tpot = self.ttft_t, self.ttft_s, self.tpot_s
+        push = heapq.heappush
         for _, arr, p, o, _ in batch:
             ttft = t - arr
-            self.window_ttft.append(ttft)
-            self.ttft_t.append(t)
-            self.ttft_s.append(ttft)
-            self.window_tpot.append(tpot)
-            self.tpot_s.append(tpot)
-            heapq.heappush(dec, (t + o * tpot, p + o // 2))
-            self.tx_bytes += 4.0 * o  # generated token ids back to the host
-        total_out = sum(o for _, _, _, o, _ in batch)
-        per_token_bytes = self.cost.weight_bytes / n + ctx * self.cost.kv_bytes_per_token
-        self.env.note_busy(self, total_out * tpot / n, self.batch_frac,
-                           total_out * per_token_bytes)
+            win_ttft.append(ttft)
+            all_t.append(t)
+            all_ttft.append(ttft)
+            win_tpot.append(tpot)
+            all_tpot.append(tpot)
+            push(dec, (t + o * tpot, p + o, p + o // 2))
+        self.tx_bytes += 4.0 * total_out  # generated token ids back to the host
+        self.env.note_busy(self, total_out * tpot / n, self.batch_frac, total_out * read / n)
         self._kick(t)
 
     def drain_completed(self, now: float) -> int:
         dec = self.decodes
         while dec and dec[0][0] <= now:
-            self.kv_tokens -= heapq.heappop(dec)[1]
+            _, kv, ctx = heapq.heappop(dec)
+            self.kv_tokens -= kv
+            self.ctx_tokens -= ctx
             self.completed += 1
         return self.completed
 
@@ -588,13 +618,13 @@ class Inference(Tenant):
             "downtime_s": self.downtime(now),
         }
 
-    def window_p99_ms(self, seconds: int) -> list[float | None]:
-        """p99 TTFT of the requests whose first token came in each 1-second window."""
+    def window_p99_ms(self, seconds: int, metric: str = "ttft") -> list[float | None]:
+        """p99 TTFT (or TPOT) of the requests whose first token came in each 1-s window."""
         out: list[float | None] = [None] * seconds
         if not self.ttft_s:
             return out
         t = np.asarray(self.ttft_t)
-        v = np.asarray(self.ttft_s) * 1e3
+        v = np.asarray(self.ttft_s if metric == "ttft" else self.tpot_s) * 1e3
         sec = np.floor(t).astype(np.int64)
         order = np.lexsort((v, sec))
         sec, v = sec[order], v[order]
@@ -607,12 +637,21 @@ class Inference(Tenant):
         return out
 
     def violation_rate(self) -> float | None:
-        slo = self.spec.ttft_p99_ms
-        if slo is None or not self.ttft_t:
+        """Fraction of 1-s windows (with requests) whose p99 TTFT or p99 TPOT exceeded the
+        tenant's SLO for it; None without an SLO or without requests."""
+        slos = [(m, s) for m, s in (("ttft", self.spec.ttft_p99_ms),
+                                    ("tpot", self.spec.tpot_p99_ms)) if s is not None]
+        if not slos or not self.ttft_t:
             return None
         seconds = math.floor(max(self.ttft_t)) + 1
-        p99 = [x for x in self.window_p99_ms(seconds) if x is not None]
-        return sum(1 for x in p99 if x > slo) / len(p99) if p99 else None
+        bad = np.zeros(seconds, dtype=bool)
+        seen = np.zeros(seconds, dtype=bool)
+        for metric, slo in slos:
+            for i, x in enumerate(self.window_p99_ms(seconds, metric)):
+                if x is not None:
+                    seen[i] = True
+                    bad[i] |= x > slo
+        return float(bad[seen].mean()) if seen.any() else None
 
 
 # -- ETL -----------------------------------------------------------------------------------------

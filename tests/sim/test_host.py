@@ -359,3 +359,14 @@ def test_vectorised_window_sketch_equals_the_model_sketch() -> None:
         fast, ref = _sketch(xs), FrozenSketch.of(xs)
         assert fast.items == ref.items and fast.count == ref.count
         assert fast.total == pytest.approx(ref.total)
+
+
+def test_violation_rate_counts_windows_against_each_slo() -> None:
+    base = SHARED_GPU.replace("ttft_p99_ms = 50.0", "@SLO@")
+    rates = {}
+    for slo in ("ttft_p99_ms = 1000.0", "ttft_p99_ms = 0.001", "tpot_p99_ms = 0.001",
+                "ttft_p99_ms = 1000.0, tpot_p99_ms = 1000.0"):
+        host = loads(base.replace("@SLO@", slo), seconds=30).build_host()
+        host.run(30, 2.0)
+        rates[slo] = host.results()["tenants"]["llm"]["slo_violation_rate"]
+    assert list(rates.values()) == [0.0, 1.0, 1.0, 0.0]

@@ -39,7 +39,8 @@ def test_builtin_scenarios_load(name: str) -> None:
     assert sc.name == name and sc.seed == 1
     assert sc.seconds == (3600 if name == "p4d-x2-hour" else 600)
     assert any(t.tenant_class == "latency" for t in sc.tenants)
-    assert len(sc.host_spec.topology.gpus) == (16 if name == "p4d-x2-hour" else 8)
+    gpus = {"p4d-x2-hour": 16, "shared-gpu": 1}.get(name, 8)
+    assert len(sc.host_spec.topology.gpus) == gpus
 
 
 @pytest.mark.skipif(not (SHARED / "azure-llm-2023").is_dir(), reason="shared data absent")
@@ -180,3 +181,49 @@ rate_rps = 50.0
     t, _ = host.ttft_samples("llm")
     before, after = (t < 10).sum(), (t >= 10).sum()
     assert 20 < before < 90 and 350 < after < 650
+
+
+CONTRACT_EXAMPLE = """
+[scenario]
+name = "noisy-neighbor"
+seconds = 600
+seed = 1
+[host]
+preset = "p4d"
+mig = ["1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]
+[[tenant]]
+name = "t1"
+kind = "inference"
+class = "latency"
+gpu = 0
+instance = 0
+slo = { ttft_p99_ms = 15.0 }
+arrivals = { rate_rps = 40 }
+model = "llama2-7b"
+kv_offload = true
+input_bytes_per_request = 0
+[[tenant]]
+name = "t2"
+kind = "etl"
+class = "batch"
+gpu = 1
+read_bps = 3.0e9
+restartable = true
+[[event]]
+at_s = 120
+tenant = "t2"
+action = "start"
+"""
+
+
+def test_the_contract_example_is_checked_against_physics() -> None:
+    # verbatim, Llama-2-7B (12.6 GiB of weights + KV for a few sequences) cannot run on a 1g.5gb
+    errs = errors_of(CONTRACT_EXAMPLE)
+    assert errs == ["tenant[0]: tenant t1: t1 needs 13.8 GiB, gpu0/gi1 offers 5.0 GiB"], errs
+    sc = loads(CONTRACT_EXAMPLE.replace('"llama2-7b"', '"Qwen3-0.6B"'))
+    host = sc.build_host()
+    snap = host.observe(2.0)
+    assert [i.profile for i in snap.topology.gpu(1).instances] == [
+        "1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]
+    assert snap.tenants["t2"].placement is not None
+    assert snap.tenants["t2"].placement.gi_id is not None  # first instance of GPU 1

@@ -1,6 +1,8 @@
-"""The built-in noisy-neighbor scenario: interference is real and every lever acts on it."""
+"""The built-in scenarios: interference is real (not painted on) and the levers act on it."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,3 +72,47 @@ def test_moving_etl_behind_another_switch_helps() -> None:
         tails[gpu] = p99(host, "t1", 85, 200)
     assert tails[1] > SLO_MS  # same switch: the uplink is still shared
     assert tails[4] < 0.85 * SLO_MS
+
+
+def test_pcie_hotspot_is_a_switch_uplink_problem() -> None:
+    sc = load_scenario("pcie-hotspot", seconds=300)
+    slo = sc.tenants[0].ttft_p99_ms
+    assert slo is not None
+    static = sc.build_host()
+    static.run(300, 2.0)
+    assert p99(static, "llm", 0, 120) < 0.85 * slo  # the ETL starts at 120 s
+    assert p99(static, "llm", 120, 300) > 1.3 * slo
+    moved = sc.build_host()
+    moved.observe(120.0)
+    moved.restart_tenant("etl", Placement(5), {})  # behind switch 2
+    moved.run(300, 2.0)
+    assert p99(moved, "llm", 142, 300) < 0.85 * slo
+
+
+SHARED_AZURE = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "azure-llm-2023"
+
+
+@pytest.mark.skipif(not SHARED_AZURE.is_dir(), reason=f"shared data absent: {SHARED_AZURE}")
+def test_azure_conv_etl_phase_raises_the_tail() -> None:
+    host = load_scenario("azure-conv").build_host()
+    host.run(3600, 10.0)
+    r = host.results()["tenants"]
+    assert r["chat"]["requests"] == 19366
+    assert r["chat"]["completed"] == 19366  # the server keeps up with the trace
+    calm = max(p99(host, "chat", 0, 1200), p99(host, "chat", 2400, 3600))
+    assert p99(host, "chat", 1200, 2400) > 1.5 * calm
+
+
+def test_shared_gpu_mps_limit_on_the_co_runner_restores_the_tail() -> None:
+    sc = load_scenario("shared-gpu", seconds=300)
+    slo = sc.tenants[0].ttft_p99_ms
+    assert slo is not None
+    static = sc.build_host()
+    static.run(300, 2.0)
+    assert p99(static, "llm", 0, 120) < 0.5 * slo  # training starts at 120 s
+    assert p99(static, "llm", 120, 300) > 1.5 * slo
+    limited = sc.build_host()
+    limited.observe(120.0)
+    limited.restart_tenant("train", None, {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "50"})
+    limited.run(300, 2.0)
+    assert p99(limited, "llm", 145, 300) < 0.85 * slo
