@@ -381,7 +381,8 @@ class _Tick:
             mv = plan_move(
                 name, Diagnosis("pcie", (suspect,)), self.snap,
                 self.history[-self.pc.violation_windows:], protected=self.protected,
-                may_restart=_only(lv.target), blocked_gpus=self.busy_gpus(),
+                history=self.history, may_restart=_only(lv.target),
+                blocked_gpus=self.busy_gpus(),
                 taken={str(p.to) for p in self.pending.values() if p.to is not None},
                 failed=lambda label: label in v.failed,
             )
