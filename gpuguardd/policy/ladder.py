@@ -376,7 +376,7 @@ class _Tick:
                      or (lv.cap_w_bps is not None and w_bps >= BINDING * lv.cap_w_bps))
             if t is None or not t.running or not bound:
                 continue
-            suspect = Suspect(lv.target, "pcie", "disk read", f"the link it shares with {name}",
+            suspect = Suspect(lv.target, "pcie", "disk read", "the shared link",
                               r_bps + w_bps, 1.0, None, 1.0)
             mv = plan_move(
                 name, Diagnosis("pcie", (suspect,)), self.snap,
