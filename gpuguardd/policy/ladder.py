@@ -470,11 +470,17 @@ class _Tick:
             return replace(self.victims[name], trial=None)
         why = (f"{name}: {trial.label} did not help ({trial.metric} p99 "
                f"{ms(trial.baseline_p99_s)} -> {ms(r.p99_s)}, needed <= {ms(target)}); ")
+        # a joint throttle failed for each of its suspects
+        labels = {trial.label} | {f"io.max {lv.target}" for k in trial.keys
+                                  for lv in (self.levers.get(k),)
+                                  if lv is not None and lv.level == LEVEL_IO
+                                  and trial.kind == "apply"}
         self._restore(trial, why)
         failed = dict(self.victims[name].failed)
-        failed[trial.label] = self.now
         strikes = dict(self.victims[name].strikes)
-        strikes[trial.label] = min(strikes.get(trial.label, 0) + 1, MAX_STRIKES)
+        for label in labels:
+            failed[label] = self.now
+            strikes[label] = min(strikes.get(label, 0) + 1, MAX_STRIKES)
         self._note(name, why + "reverted")
         return replace(self.victims[name], trial=None, failed=failed, strikes=strikes)
 
@@ -677,8 +683,9 @@ class _Tick:
             total = sum(sum(self.rate(s.tenant, d)) for d in devices)
             for dev in devices:
                 r_bps, w_bps = self.rate(s.tenant, dev)
-                if r_bps + w_bps < max(DEVICE_SHARE * total, self.pc.throttle_floor_bps):
-                    continue
+                if (r_bps + w_bps < DEVICE_SHARE * total
+                        or max(r_bps, w_bps) < self.pc.throttle_floor_bps):
+                    continue  # a minor device, or nothing a cap above the floor could cut
                 key = f"io:{s.tenant}:{dev}"
                 if key in self.levers or not self.usable(key):
                     why.append(f"io.max {s.tenant} {dev} in force or cooling down")

@@ -240,3 +240,16 @@ def test_mps_trial_waits_for_the_suspects_restart() -> None:
         if issued is not None and down_until is not None and snap.now < down_until:
             assert trial is not None and "t3" in state.pending, "judged only once t3 is back"
     assert issued is not None
+
+
+def test_a_joint_throttle_that_did_not_help_is_not_retried_on_either_suspect() -> None:
+    scene = Scene(
+        [Member("t1", L, Placement(0)), Member("t2", B, Placement(1), io_bps=3e9),
+         Member("t3", B, Placement(1), io_bps=3e9)],
+        antagonist="nobody", on=lambda t: True,  # the tail does not depend on them
+    )
+    state, log = drive(scene, cfg("guards"), 60)
+    firsts = [a for a, r in actions(log) if isinstance(a, IoThrottle) and "renew" not in r
+              and "back to" not in r and "tighten" not in r]
+    assert sorted(a.tenant for a in firsts) == ["t2", "t3"], "one joint throttle, never again"
+    assert {"io.max t2", "io.max t3"} <= set(state.victims["t1"].failed)
