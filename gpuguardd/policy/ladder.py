@@ -649,7 +649,7 @@ class _Tick:
                     lever = replace(lever, owners=prev.owners | lever.owners, since=prev.since)
                 self.levers[lever.key] = lever
         assert reading.p99_s is not None
-        trial = Trial(label, tuple(keys), level, self.now, self.now, reading.p99_s, reading.metric)
+        trial = Trial(label, tuple(keys), level, self.now, reading.p99_s, reading.metric)
         self.victims[name] = replace(self.victims[name], trial=trial)
         self._note(name, f"{head}; {steps[0][2]}" + (f" (+{len(steps) - 1} more)"
                                                       if len(steps) > 1 else ""))
@@ -884,7 +884,7 @@ class _Tick:
             return
         assert reading.p99_s is not None
         label = f"relax {LEVEL_NAMES[top_level]}"
-        trial = Trial(label, tuple(lv.key for lv in touched), top_level, self.now, self.now,
+        trial = Trial(label, tuple(lv.key for lv in touched), top_level, self.now,
                       reading.p99_s, reading.metric, kind="relax", undo=tuple(touched))
         self.victims[name] = replace(self.victims[name], calm_s=0.0, trial=trial)
         self._note(name, f"{head}; {label} one step")
@@ -1033,9 +1033,10 @@ def absorb(
     """Feed back what the executor did.
 
     Applied actions start their trial's evaluation period now; a temporary failure backs the
-    action's key off for ``cooldown`` (it stays out of proposals), a permanent one marks it
-    unavailable; a lever that never took effect is forgotten and its trial cancelled. A throttle
-    the executor reverted (expiry) is forgotten.
+    action's key off for ``backoff_s`` (it stays out of proposals), a permanent one marks it
+    unavailable; a lever that never took effect is forgotten (a tighten or relax step that did
+    not happen leaves the lever as it was) and its trial is cancelled. A throttle the executor
+    reverted (expiry) is forgotten.
     """
     victims = dict(state.victims)
     levers = dict(state.levers)
@@ -1060,12 +1061,17 @@ def absorb(
             if lv is not None and lv.since >= state.now:
                 del levers[key]
             for name, v in victims.items():
-                if v.trial is not None and key in v.trial.keys:
-                    victims[name] = replace(
-                        v, trial=None,
-                        last_reason=f"{v.last_reason}; {a.kind} {key} {o.result.value}: "
-                                    f"{o.detail}".strip())
-            if isinstance(a, Migrate | MigResize):
+                if v.trial is None or key not in v.trial.keys:
+                    continue
+                # a step that did not happen: the host still has what was there before it
+                for old in v.trial.undo:
+                    if old.key == key and key in levers:
+                        levers[key] = replace(old, owners=levers[key].owners)
+                victims[name] = replace(
+                    v, trial=None,
+                    last_reason=f"{v.last_reason}; {a.kind} {key} {o.result.value}: "
+                                f"{o.detail}".strip())
+            if isinstance(a, Migrate | MigResize | MpsLimit):
                 pending.pop(a.tenant, None)
             if isinstance(a, MigResize):
                 for i in range(len(mig_log) - 1, -1, -1):

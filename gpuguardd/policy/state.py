@@ -67,7 +67,6 @@ class Trial:
     label: str  # lever identity for the failed-lever memory ("io:t2", "tighten:t2", ...)
     keys: tuple[str, ...]
     level: int
-    issued_at: float
     started_at: float
     baseline_p99_s: float
     metric: str

@@ -272,3 +272,23 @@ def test_a_throttle_the_executor_reverted_at_expiry_is_forgotten() -> None:
     (a,) = [a for _, d in log for a in d.actions]
     state = absorb(state, [Outcome(a, Result.REVERTED, "expired")], 7.0)
     assert a.key not in state.levers
+
+
+def test_a_tighten_the_executor_could_not_apply_leaves_the_throttle_as_it_was() -> None:
+    toy = Toy()
+    cfg = config(policy="guards")
+    state = LadderState.initial(cfg)
+    t, tightened = 0.0, None
+    while tightened is None and t < 100:
+        t += 2.0
+        state, d = decide(state, toy.observe(t), cfg)
+        tight = [a for a, r in zip(d.actions, d.reasons, strict=True) if "tighten" in r]
+        if tight:
+            tightened = tight[0]
+            state = absorb(state, [Outcome(tightened, Result.FAILED, "EBUSY")], t)
+        else:
+            state = absorb(state, toy.apply(d.actions), t)
+    assert isinstance(tightened, IoThrottle)
+    lever = state.levers[tightened.key]
+    assert lever.cap_r_bps == 1_500_000_000, "back to the cap the host still has"
+    assert state.victims["t1"].trial is None and tightened.key in state.blocked
