@@ -126,6 +126,12 @@ MAX_STRIKES = 6
 UNAVAILABLE = math.inf
 
 
+#: one action of a plan, the lever it puts in force, and the reason's detail
+Step = tuple[Action, Lever, str]
+#: (trial label, steps), or why the level cannot act
+Plan = tuple[str, list[Step]] | str
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     actions: tuple[Action, ...]
@@ -605,7 +611,7 @@ class _Tick:
 
     def _plan(
         self, level: int, victim: str, diag: Diagnosis, v: Victim
-    ) -> tuple[str, list[tuple[Action, Lever | None, str]]] | str:
+    ) -> Plan:
         """(label, [(action, lever, reason suffix)]) or why the level cannot act."""
         if level == LEVEL_IO:
             return self._plan_io(victim, diag, v)
@@ -621,7 +627,7 @@ class _Tick:
         reading: TailReading,
         level: int,
         label: str,
-        steps: list[tuple[Action, Lever | None, str]],
+        steps: list[Step],
         head: str,
     ) -> None:
         keys: list[str] = []
@@ -643,11 +649,10 @@ class _Tick:
                     action.tenant, frozenset({action.gpu}), self.now,
                     profile=action.to_profile, start=action.start)
                 self.mig_log.append((action.gpu, self.now))
-            if lever is not None:
-                prev = self.levers.get(lever.key)
-                if prev is not None:
-                    lever = replace(lever, owners=prev.owners | lever.owners, since=prev.since)
-                self.levers[lever.key] = lever
+            prev = self.levers.get(lever.key)
+            if prev is not None:
+                lever = replace(lever, owners=prev.owners | lever.owners, since=prev.since)
+            self.levers[lever.key] = lever
         assert reading.p99_s is not None
         trial = Trial(label, tuple(keys), level, self.now, reading.p99_s, reading.metric)
         self.victims[name] = replace(self.victims[name], trial=trial)
@@ -657,13 +662,13 @@ class _Tick:
     # -- level 1: io.max --------------------------------------------------------------------
     def _plan_io(
         self, victim: str, diag: Diagnosis, v: Victim
-    ) -> tuple[str, list[tuple[Action, Lever | None, str]]] | str:
+    ) -> Plan:
         cands = [s for s in diag.named if s.cause in ("io", "pcie") and s.tenant is not None]
         if not cands:
             return (f"io.max: no suspect with enough evidence (score >= {MIN_SCORE}) on the "
                     "disk or PCIe path")
         best = cands[0].score
-        steps: list[tuple[Action, Lever | None, str]] = []
+        steps: list[Step] = []
         why: list[str] = []
         for s in cands:
             if s.score < SUSPECT_BAND * best:
@@ -723,7 +728,7 @@ class _Tick:
             return False
         floor, step = self.pc.throttle_floor_bps, self.pc.throttle_step
         old: list[Lever] = []
-        steps: list[tuple[Action, Lever | None, str]] = []
+        steps: list[Step] = []
         for lv in self.owned(name):
             if lv.level != LEVEL_IO or lv.key in self.blocked:
                 continue
@@ -751,7 +756,7 @@ class _Tick:
     # -- level 2: MPS ----------------------------------------------------------------------
     def _plan_mps(
         self, victim: str, diag: Diagnosis, v: Victim
-    ) -> tuple[str, list[tuple[Action, Lever | None, str]]] | str:
+    ) -> Plan:
         why: list[str] = []
         for s in diag.named:
             if s.cause not in ("compute", "membw") or s.tenant is None:
@@ -788,7 +793,7 @@ class _Tick:
     # -- level 3: placement ----------------------------------------------------------------
     def _plan_place(
         self, victim: str, diag: Diagnosis, v: Victim
-    ) -> tuple[str, list[tuple[Action, Lever | None, str]]] | str:
+    ) -> Plan:
         taken = {str(p.to) for p in self.pending.values() if p.to is not None}
         mv = plan_move(
             victim, diag, self.snap, self.history[-self.pc.violation_windows :],
@@ -810,8 +815,7 @@ class _Tick:
         return f"place {mv.tenant}", [(action, lever, mv.why)]
 
     # -- level 4: MIG resize ---------------------------------------------------------------
-    def _plan_mig(self, victim: str, v: Victim) -> tuple[str, list[
-            tuple[Action, Lever | None, str]]] | str:
+    def _plan_mig(self, victim: str, v: Victim) -> Plan:
         t = self.snap.tenants.get(victim)
         if t is None or t.placement is None or t.placement.gi_id is None:
             return "MIG resize: the victim is not on a MIG instance"
