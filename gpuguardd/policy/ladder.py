@@ -960,8 +960,8 @@ class _Tick:
             pending=self.pending,
             now=self.now,
             level_changes=changes,
-            placements=self.placements,
-            moved_at=self.moved_at,
+            placements={n: p for n, p in self.placements.items() if n in self.snap.tenants},
+            moved_at={n: t for n, t in self.moved_at.items() if n in self.snap.tenants},
         )
         return state, Decision(tuple(self.actions), tuple(self.reasons))
 
