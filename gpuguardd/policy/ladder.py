@@ -115,6 +115,8 @@ DAMAGE_HALF_LIFE_S = 3600.0
 BINDING = 0.7
 #: a relaxed suspect used its new headroom when it ran above this multiple of its old cap
 HEADROOM = 1.05
+#: how much longer a restart-class lever waits before it is lifted while its target runs
+RESTART_DWELL_FACTOR = 4.0
 #: the longest a victim's calm dwell grows after de-escalations that had to be reverted
 RELAX_BACKOFF_MAX = 8.0
 #: a disruptive action not seen completed after this long no longer blocks its GPUs, seconds
@@ -195,6 +197,25 @@ class _Tick:
         self.actions.append(action)
         self.reasons.append(reason)
         self.changed_at[action.key] = self.now
+        self._track(action)
+
+    def _track(self, action: Action) -> None:
+        """Restarts, moves and resizes are in flight until the snapshot shows them done: they
+        block their GPUs for other disruptive actions, and trials wait for them."""
+        if isinstance(action, MpsLimit):
+            t = self.snap.tenants.get(action.tenant)
+            if t is not None and t.placement is not None:
+                self.pending[action.tenant] = Pending(
+                    action.tenant, frozenset({t.placement.gpu}), self.now, to=t.placement)
+        elif isinstance(action, Migrate):
+            self.pending[action.tenant] = Pending(
+                action.tenant, frozenset({action.source.gpu, action.to.gpu}), self.now,
+                to=action.to)
+        elif isinstance(action, MigResize):
+            self.pending[action.tenant] = Pending(
+                action.tenant, frozenset({action.gpu}), self.now,
+                profile=action.to_profile, start=action.start)
+            self.mig_log.append((action.gpu, self.now))
 
     def level_of(self, victim: str) -> int:
         return max((lv.level for lv in self.levers.values() if victim in lv.owners), default=0)
@@ -353,12 +374,22 @@ class _Tick:
                                  f"{self.pc.level_dwell_s:.0f} s")
         elif dwell_ok and reading.verdict is not Verdict.UNKNOWN and self._cure(name, reading):
             pass
-        elif (
-            calm_s >= self.pc.recovery_dwell_s * v.relax_backoff
-            and self.level_of(name) > 0
-            and dwell_ok
-        ):
+        elif calm_s >= self._relax_dwell(name, v) and self.level_of(name) > 0 and dwell_ok:
             self._relax(name, reading)
+
+    def _relax_dwell(self, name: str, v: Victim) -> float:
+        """Calm time before the next relaxation step. Lifting a restart-class lever (MPS)
+        restarts its target twice if the tail comes back, so while the target still runs it
+        waits RESTART_DWELL_FACTOR times longer; once the target stopped, lifting is free."""
+        dwell = self.pc.recovery_dwell_s * v.relax_backoff
+        undoable = [lv for lv in self.owned(name) if lv.level < LEVEL_PLACE]
+        if not undoable:
+            return dwell
+        top = max(undoable, key=lambda lv: lv.level)
+        target = self.snap.tenants.get(top.target)
+        if top.level == LEVEL_MPS and target is not None and target.running:
+            return dwell * RESTART_DWELL_FACTOR
+        return dwell
 
     def _cure(self, name: str, reading: TailReading) -> bool:
         """Replace a binding throttle by a move of the throttled suspect (see ``stopgap_s``).
@@ -501,6 +532,9 @@ class _Tick:
 
     def _judge_relax(self, name: str, v: Victim, trial: Trial, r: TailReading) -> Victim:
         """A de-escalation step is reverted as soon as the violation is back (Y windows)."""
+        if {lv.target for lv in trial.undo} & set(self.pending):
+            # lifting an MPS limit restarts the suspect: judged once it runs unlimited
+            return replace(v, trial=replace(trial, started_at=self.now))
         sustained = self._sustained(v, r)
         if sustained and not self._used_headroom(trial):
             self._note(name, f"{name}: violation after {trial.label}, but no relaxed suspect "
@@ -634,21 +668,6 @@ class _Tick:
         for action, lever, detail in steps:
             self.emit(action, f"{head}; {detail}")
             keys.append(action.key)
-            if isinstance(action, MpsLimit) and action.pct is not None:
-                t = self.snap.tenants.get(action.tenant)
-                if t is not None and t.placement is not None:
-                    # applied through a restart: judged once the suspect runs again
-                    self.pending[action.tenant] = Pending(
-                        action.tenant, frozenset({t.placement.gpu}), self.now, to=t.placement)
-            elif isinstance(action, Migrate):
-                self.pending[action.tenant] = Pending(
-                    action.tenant, frozenset({action.source.gpu, action.to.gpu}), self.now,
-                    to=action.to)
-            elif isinstance(action, MigResize):
-                self.pending[action.tenant] = Pending(
-                    action.tenant, frozenset({action.gpu}), self.now,
-                    profile=action.to_profile, start=action.start)
-                self.mig_log.append((action.gpu, self.now))
             prev = self.levers.get(lever.key)
             if prev is not None:
                 lever = replace(lever, owners=prev.owners | lever.owners, since=prev.since)
