@@ -137,16 +137,19 @@ Signal = Callable[[TickRates], float | None]
 
 def _smoothed(history: Sequence[TickRates], signal: Signal, window_s: float) -> list[float | None]:
     """The signal averaged over the same window as the victim's tail (which lags its cause)."""
+    values = [signal(h) for h in history]
     out: list[float | None] = []
+    lo, total, count = 0, 0.0, 0
     for i, h in enumerate(history):
-        vals = [
-            v
-            for j in range(i, -1, -1)
-            if history[j].at > h.at - window_s
-            for v in (signal(history[j]),)
-            if v is not None
-        ]
-        out.append(sum(vals) / len(vals) if vals else None)
+        v = values[i]
+        if v is not None:
+            total, count = total + v, count + 1
+        while history[lo].at <= h.at - window_s:
+            old = values[lo]
+            if old is not None:
+                total, count = total - old, count - 1
+            lo += 1
+        out.append(total / count if count else None)
     return out
 
 
