@@ -985,6 +985,21 @@ class _Tick:
         return state, Decision(tuple(self.actions), tuple(self.reasons))
 
 
+def _sane(snapshot: Snapshot) -> Snapshot:
+    """A placement on a GPU (or MIG instance) the topology does not know - a device that went
+    away, a stale tenant record - is treated as unknown rather than trusted."""
+    known = {g.index: {i.gi_id for i in g.instances} for g in snapshot.topology.gpus}
+    bad = [t for t in snapshot.tenants.values() if t.placement is not None and (
+        t.placement.gpu not in known
+        or (t.placement.gi_id is not None and t.placement.gi_id not in known[t.placement.gpu]))]
+    if not bad:
+        return snapshot
+    tenants = dict(snapshot.tenants)
+    for t in bad:
+        tenants[t.name] = replace(t, placement=None)
+    return replace(snapshot, tenants=tenants)
+
+
 def _only(name: str) -> Callable[[str], bool]:
     return lambda n: n == name
 
@@ -1045,7 +1060,7 @@ def _io_action(lv: Lever, expires: float) -> IoThrottle:
 
 def decide(state: LadderState, snapshot: Snapshot, config: Config) -> tuple[LadderState, Decision]:
     """One pass of the ladder. Pure: the same inputs give the same outputs."""
-    tick = _Tick(state, snapshot, config)
+    tick = _Tick(state, _sane(snapshot), config)
     tick.run()
     return tick.finish()
 
