@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpuguardd.config import Config, PolicyConfig, SloConfig, TenantConfig
-from gpuguardd.model.actions import IoThrottle, MigResize, Migrate, MpsLimit, Outcome, Result
+from gpuguardd.model.actions import IoThrottle, Migrate, MigResize, MpsLimit, Outcome, Result
 from gpuguardd.model.sketch import FrozenSketch
 from gpuguardd.model.snapshot import (
     GpuSample,
