@@ -44,7 +44,7 @@ ANONYMOUS_WEIGHT = 0.9
 #: switch) acts on its transfers directly; a shared root complex less so; a shared NUMA node only
 #: through host memory, page cache and CPUs
 RELATION_WEIGHT: dict[str, float] = {
-    "instance": 1.0, "gpu": 1.0, "switch": 1.0, "root": 0.7, "numa": 0.4,
+    "instance": 1.0, "gpu": 1.0, "switch": 1.0, "root": 0.4, "numa": 0.4,
 }
 
 #: an IRQ burst of IRQ_BURST x the node's normal rate above it reads as pressure 1
