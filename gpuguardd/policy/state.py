@@ -11,7 +11,6 @@ from gpuguardd.model.snapshot import Placement
 from gpuguardd.policy.signals import Counters, TickRates
 from gpuguardd.policy.window import Quantiles, TailWindow
 
-LEVEL_NONE = 0
 LEVEL_IO = 1
 LEVEL_MPS = 2
 LEVEL_PLACE = 3
