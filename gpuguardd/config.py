@@ -172,7 +172,8 @@ class PolicyConfig:
         lo=0.0,
     )
     lever_memory_s: float = _f(
-        900.0, "a lever whose trial failed is not retried for the same victim for this long, s",
+        900.0, "a lever whose trial failed is not retried for the same victim for this long "
+        "(doubling with each further failure), seconds",
         lo=0.0,
     )
 

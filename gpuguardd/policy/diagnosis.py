@@ -44,10 +44,10 @@ ANONYMOUS_WEIGHT = 0.9
 #: switch) acts on its transfers directly; a shared root complex less so; a shared NUMA node only
 #: through host memory, page cache and CPUs
 RELATION_WEIGHT: dict[str, float] = {
-    "instance": 1.0, "gpu": 1.0, "switch": 1.0, "root": 0.7, "numa": 0.4,
+    "instance": 1.0, "gpu": 1.0, "switch": 1.0, "root": 0.4, "numa": 0.4,
 }
 
-#: an IRQ burst of IRQ_BURST x the node's median above it reads as pressure 1
+#: an IRQ burst of IRQ_BURST x the node's normal rate above it reads as pressure 1
 IRQ_BURST = 3.0
 #: interrupts/s below which a node's rate is idle noise
 IRQ_FLOOR = 1000.0
@@ -137,16 +137,19 @@ Signal = Callable[[TickRates], float | None]
 
 def _smoothed(history: Sequence[TickRates], signal: Signal, window_s: float) -> list[float | None]:
     """The signal averaged over the same window as the victim's tail (which lags its cause)."""
+    values = [signal(h) for h in history]
     out: list[float | None] = []
+    lo, total, count = 0, 0.0, 0
     for i, h in enumerate(history):
-        vals = [
-            v
-            for j in range(i, -1, -1)
-            if history[j].at > h.at - window_s
-            for v in (signal(history[j]),)
-            if v is not None
-        ]
-        out.append(sum(vals) / len(vals) if vals else None)
+        v = values[i]
+        if v is not None:
+            total, count = total + v, count + 1
+        while history[lo].at <= h.at - window_s:
+            old = values[lo]
+            if old is not None:
+                total, count = total - old, count - 1
+            lo += 1
+        out.append(total / count if count else None)
     return out
 
 
@@ -339,7 +342,7 @@ def diagnose(
         add(None, "pcie", "PCIe", f"GPUs {','.join(map(str, gpus))} behind {sw}",
             _sum_pcie_signal(gpus), link)
     numa = topo.gpu(vp.gpu).numa_node
-    med = _irq_median(history, numa)
+    med = _irq_normal(history, numa)
     add(None, "host", "IRQ", f"CPUs of NUMA {numa}", _irq_excess(numa, med), IRQ_BURST * med)
     # at equal evidence the disk signal speaks for a tenant: it names the cheapest lever
     found.sort(key=lambda s: (-round(s.score, 9), s.tenant is None, s.tenant or "",
@@ -412,6 +415,8 @@ def _irq_excess(numa: int, median: float) -> Signal:
     return f
 
 
-def _irq_median(history: Sequence[TickRates], numa: int) -> float:
+def _irq_normal(history: Sequence[TickRates], numa: int) -> float:
+    """The node's normal IRQ rate: the lower quintile of its history (bursts may fill half of
+    it, so the median could be a burst)."""
     vals = sorted(h.irq_numa[numa] for h in history if numa in h.irq_numa)
-    return max(vals[len(vals) // 2], IRQ_FLOOR) if vals else IRQ_FLOOR
+    return max(vals[len(vals) // 5], IRQ_FLOOR) if vals else IRQ_FLOOR
