@@ -74,14 +74,16 @@ def replan(
     problem: allocator.Problem,
     now: float,
     policy: ReplanPolicy = ReplanPolicy(),
+    background: Mapping[int, float] | None = None,
 ) -> ReplanResult:
     """``problem`` supplies GPUs, predictors and allocator params; ``tenants`` the specs (the
-    observed demand replaces ``demand_rps``)."""
+    observed demand replaces ``demand_rps``); ``background`` adds, per GPU, the activity of
+    co-runners that are not planned here (a training job, an unmanaged server)."""
     params = problem.params
     restarts = tuple(t for t in state.restarts if now - t < HOUR_S)
     budget = policy.restart_budget_per_hour - len(restarts)
     # co-runner activity per GPU from observations (own footprint as observed)
-    gpu_act: dict[int, float] = {}
+    gpu_act: dict[int, float] = dict(background or {})
     for name, ts in state.tenants.items():
         obs = observed.get(name)
         gpu_act[ts.gpu] = gpu_act.get(ts.gpu, 0.0) + (obs.activity if obs else 0.0)
