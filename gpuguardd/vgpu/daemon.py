@@ -5,12 +5,14 @@ by the runtime and handed in as :class:`Inputs`.
 
 Observations per tick, from the Snapshot only, for every ``[tenant.vgpu]`` tenant i on GPU g:
 
-    demand_i     = Σ ttft.count over the ticks of the last demand_window_s / their span   (rps)
+    demand_i     = max(rate over the last demand_window_s, rate over its last third)  (rps)
+                   rate = Σ ttft.count of the ticks / their span
                    (only ticks it ran through; the history starts over after a restart, so
                    the downtime and the backlog burst after it never count as demand)
     own_i        = footprint(spec_i at demand_i)     (its roofline activity, allocator model)
     background_g = max(0, sm_util_g - Σ_{i on g, observed} own_i)
-                   (measured activity of co-runners that are not planned here)
+                   (measured activity of co-runners that are not planned here; 0 on a GPU
+                   where only planned tenants run, see ``step``)
 
 A tenant is planned once its window is full (span ≥ demand_window_s); ``replan`` then raises
 at once when the requirement exceeds the share and lowers only past the bands, with cooldown,
@@ -36,6 +38,8 @@ from gpuguardd.vgpu.replan import Observation, ReplanPolicy, ReplanState, Tenant
 
 #: a tenant that ran less than this part of the window is not planned yet
 FULL_WINDOW = 1.0
+#: the part of the demand window whose rate alone may raise the demand estimate
+RECENT = 1.0 / 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,15 +148,27 @@ def policy_of(config: Config) -> ReplanPolicy:
                         cooldown_s=v.cooldown_s, restart_budget_per_hour=v.restart_budget_per_hour)
 
 
+def _rate(history: Sequence[tuple[float, int]]) -> float:
+    span = history[-1][0] - history[0][0]
+    return sum(n for _, n in history[1:]) / span if span > 0 else 0.0
+
+
 def demand(history: Sequence[tuple[float, int]], window_s: float) -> float | None:
-    """Requests per second over the recorded ticks, or None before a full window. The first
-    tick only marks the start: its count covers time before it."""
+    """Requests per second, or None before a full window. The first tick only marks the start:
+    its count covers time before it.
+
+        demand = max(rate over the window, rate over its last RECENT part)
+
+    so that a rise shows within a third of the window (tighten fast) while a fall needs the
+    whole window to show (relax slowly)."""
     if len(history) < 2:
         return None
-    span = history[-1][0] - history[0][0]
-    if span < FULL_WINDOW * window_s - 1e-9:
+    now = history[-1][0]
+    if now - history[0][0] < FULL_WINDOW * window_s - 1e-9:
         return None
-    return sum(n for _, n in history[1:]) / span
+    start = next(i for i, (t, _) in enumerate(history) if now - t <= RECENT * window_s)
+    recent = history[max(0, start - 1):]
+    return max(_rate(history), _rate(recent) if len(recent) >= 2 else 0.0)
 
 
 def _gpu_spec(config: Config, snapshot: Snapshot, gpu: int) -> GpuSpec | str:
@@ -242,9 +258,16 @@ def step(
         own[ts.gpu] = own.get(ts.gpu, 0.0) + act
     if not observed:
         return replace(out, notes=tuple(notes)), (), tuple(notes)
+    # Unplanned co-runners (a training job, a server without [tenant.vgpu]) are measured:
+    # sm_util minus the planned tenants' footprints. Only where such a co-runner runs: time
+    # slicing stretches a capped tenant's busy time, so a GPU holding only planned tenants
+    # reads near-busy while their work (footprints, in whole-GPU time) is small; subtracting
+    # the footprints then would count the stretch as a phantom co-runner.
+    unplanned = {s.placement.gpu for n, s in snapshot.tenants.items()
+                 if n not in state.specs and s.running and s.placement is not None}
     background: dict[int, float] = {}
     for g in snapshot.gpus:
-        if g.gpu in own and g.sm_util is not None:
+        if g.gpu in own and g.gpu in unplanned and g.sm_util is not None:
             background[g.gpu] = max(0.0, g.sm_util - own[g.gpu])
     res = replan(rstate, specs, observed, problem, now, policy_of(config), background)
     reasons = dict(state.reasons)
