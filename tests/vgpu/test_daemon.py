@@ -1,8 +1,9 @@
-"""The daemon's vGPU step (pure) and the ladder + vGPU engine policy, end to end in the simulator."""
+"""The daemon's vGPU step (pure), and the ladder + vGPU engine policy end to end in the sim."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,7 @@ def test_daemon_lowers_over_provisioned_shares_and_raises_one_when_demand_rises(
     # cooldown: 60 s between two changes of one tenant
     for n in NAMES:
         times = [e["t"] for e in sets if e["target"] == n]
-        assert all(b - a >= 60.0 for a, b in zip(times, times[1:], strict=False)), (n, times)
+        assert all(b - a >= 60.0 for a, b in itertools.pairwise(times)), (n, times)
     # the SLOs hold in the simulator outside the restarts (ground truth latencies)
     for n, (ttft, tpot) in steady.items():
         assert ttft.count > 100

@@ -124,7 +124,7 @@ def test_refusals_are_permanent_and_name_why(host: RealHost, hami_root: Path) ->
     with pytest.raises(LeverError, match="not restartable") as e:
         host.set_vgpu("fixed", 22, 6 * GIB)
     assert e.value.permanent
-    with pytest.raises(LeverError, match="leaves vgpu.hami_root") as e:
+    with pytest.raises(LeverError, match=r"leaves vgpu\.hami_root") as e:
         host.set_vgpu("escape", 22, 6 * GIB)
     assert e.value.permanent
     assert region.read_bytes() == before
