@@ -5,10 +5,15 @@ by the runtime and handed in as :class:`Inputs`.
 
 Observations per tick, from the Snapshot only, for every ``[tenant.vgpu]`` tenant i on GPU g:
 
-    demand_i     = max(rate over the last demand_window_s, rate over its last third)  (rps)
-                   rate = Σ ttft.count of the ticks / their span
-                   (only ticks it ran through; the history starts over after a restart, so
-                   the downtime and the backlog burst after it never count as demand)
+    demand_i     = rate over the last demand_window_s, or, once the tenant has run a whole
+                   window since it was last down, max(that, rate over the window's last third)
+                   rate = Σ ttft.count of the ticks / their span                     (rps)
+
+A restart (a share change) starts the window afresh at the restart: the ticks it is down count
+no first tokens and the requests queued meanwhile are served in a burst once it is up, so a
+window covering both reads the arrival rate; its last third alone would read the burst, hence
+the wait before that faster estimate (tighten fast, but not on a restart's own backlog).
+
     own_i        = footprint(spec_i at demand_i)     (its roofline activity, allocator model)
     background_g = max(0, sm_util_g - Σ_{i on g, observed} own_i)
                    (measured activity of co-runners that are not planned here; 0 on a GPU
@@ -73,6 +78,8 @@ class VgpuState:
     replan: ReplanState = field(default_factory=lambda: ReplanState({}))
     #: per tenant, (tick time, first tokens counted in that tick) while it ran
     history: Mapping[str, tuple[tuple[float, int], ...]] = field(default_factory=dict)
+    #: per tenant, when it came up after it was last down (or was first seen running)
+    up_at: Mapping[str, float] = field(default_factory=dict)
     last_tick: float | None = None
     #: tenant states before this tick's actions, to undo one that was not applied
     before: Mapping[str, TenantState] = field(default_factory=dict)
@@ -81,6 +88,11 @@ class VgpuState:
     #: tenants whose share lever failed permanently (never proposed again)
     unavailable: frozenset[str] = frozenset()
 
+    def settled(self, name: str, window_s: float) -> bool:
+        up = self.up_at.get(name)
+        return (up is not None and self.last_tick is not None
+                and self.last_tick - up >= window_s)
+
     def view(self, window_s: float) -> dict[str, TenantView]:
         out: dict[str, TenantView] = {}
         for name in self.specs:
@@ -88,7 +100,8 @@ class VgpuState:
             out[name] = TenantView(
                 share_pct=ts.share_pct if ts else self.initial_share[name],
                 memory_bytes=self.memory_bytes[name], gpu=ts.gpu if ts else None,
-                demand_rps=demand(self.history.get(name, ()), window_s),
+                demand_rps=demand(self.history.get(name, ()), window_s,
+                                  recent=self.settled(name, window_s)),
                 window_s=window_s, last_change_at=ts.changed_at if ts else None,
                 last_reason=self.reasons.get(name, ""))
         return out
@@ -148,16 +161,25 @@ def policy_of(config: Config) -> ReplanPolicy:
                         cooldown_s=v.cooldown_s, restart_budget_per_hour=v.restart_budget_per_hour)
 
 
+def _trim(h: tuple[tuple[float, int], ...], now: float,
+          window: float) -> tuple[tuple[float, int], ...]:
+    """Keep the ticks of the last ``window`` seconds plus the one marking its start."""
+    while len(h) > 2 and now - h[1][0] >= window:
+        h = h[1:]
+    return h
+
+
 def _rate(history: Sequence[tuple[float, int]]) -> float:
     span = history[-1][0] - history[0][0]
     return sum(n for _, n in history[1:]) / span if span > 0 else 0.0
 
 
-def demand(history: Sequence[tuple[float, int]], window_s: float) -> float | None:
+def demand(history: Sequence[tuple[float, int]], window_s: float, *,
+           recent: bool = True) -> float | None:
     """Requests per second, or None before a full window. The first tick only marks the start:
     its count covers time before it.
 
-        demand = max(rate over the window, rate over its last RECENT part)
+        demand = max(rate over the window, rate over its last RECENT part)   (``recent``)
 
     so that a rise shows within a third of the window (tighten fast) while a fall needs the
     whole window to show (relax slowly)."""
@@ -166,9 +188,11 @@ def demand(history: Sequence[tuple[float, int]], window_s: float) -> float | Non
     now = history[-1][0]
     if now - history[0][0] < FULL_WINDOW * window_s - 1e-9:
         return None
+    if not recent:
+        return _rate(history)
     start = next(i for i, (t, _) in enumerate(history) if now - t <= RECENT * window_s)
-    recent = history[max(0, start - 1):]
-    return max(_rate(history), _rate(recent) if len(recent) >= 2 else 0.0)
+    tail = history[max(0, start - 1):]
+    return max(_rate(history), _rate(tail) if len(tail) >= 2 else 0.0)
 
 
 def _gpu_spec(config: Config, snapshot: Snapshot, gpu: int) -> GpuSpec | str:
@@ -214,17 +238,20 @@ def step(
     window = config.vgpu.demand_window_s
     notes: list[str] = []
     history = dict(state.history)
+    up_at = dict(state.up_at)
     tenants = dict(state.replan.tenants)
     for name in state.specs:
         s = snapshot.tenants.get(name)
-        if s is None or not s.running or s.placement is None:
-            history[name] = ()  # down or restarting: demand is measured afresh once it is up
-            continue
+        running = s is not None and s.running and s.placement is not None
         h = history.get(name, ())
-        h = (*h, (now, s.latency.ttft.count))
-        while len(h) > 2 and now - h[1][0] >= window:
-            h = h[1:]
-        history[name] = h
+        if not running:
+            up_at.pop(name, None)
+            if h:  # a known tenant that is down: no first tokens in this tick
+                history[name] = _trim((*h, (now, 0)), now, window)
+            continue
+        assert s is not None and s.placement is not None
+        up_at.setdefault(name, now)
+        history[name] = _trim((*h, (now, s.latency.ttft.count)), now, window)
         restartable = s.restartable and name not in state.unavailable
         if name not in tenants:
             share = (state.initial_share[name] or s.share_pct or 100)
@@ -237,15 +264,15 @@ def step(
     if problem is None and tenants:
         problem = _problem(state, snapshot, config, notes)
     rstate = replace(state.replan, tenants=tenants)
-    out = replace(state, history=history, last_tick=now, problem=problem, replan=rstate,
-                  before={})
+    out = replace(state, history=history, up_at=up_at, last_tick=now, problem=problem,
+                  replan=rstate, before={})
     if problem is None:
         return replace(out, notes=tuple(notes)), (), tuple(notes)
     observed: dict[str, Observation] = {}
     specs: dict[str, allocator.TenantSpec] = {}
     own: dict[int, float] = {}
     for name, ts in tenants.items():
-        d = demand(history.get(name, ()), window)
+        d = demand(history.get(name, ()), window, recent=out.settled(name, window))
         if d is None or name in hold:
             continue
         spec = replace(state.specs[name], demand_rps=d)
@@ -290,7 +317,7 @@ def absorb(state: VgpuState, outcomes: Sequence[Outcome], now: float) -> VgpuSta
         if not isinstance(a, VgpuSet) or a.tenant not in state.before:
             continue
         if o.result in (Result.APPLIED, Result.UNCHANGED):
-            history[a.tenant] = ()  # restarted: its demand is measured afresh
+            history[a.tenant] = ((now, 0),)  # restarted: a fresh window from the restart
             continue
         prev = state.before[a.tenant]
         if o.result is Result.DRY_RUN:

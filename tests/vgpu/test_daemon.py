@@ -119,12 +119,33 @@ def test_failed_share_change_is_not_counted_as_applied() -> None:
     assert acts[1].tenant in after.unavailable
     assert t[acts[2].tenant].share_pct == acts[2].compute_pct
     assert after.replan.restarts == (now,)  # only the applied change spent the budget
-    assert after.history[acts[2].tenant] == ()  # restarted: its demand is measured afresh
+    assert after.history[acts[2].tenant] == ((now, 0),)  # a fresh window from the restart
 
 
 def test_restart_budget_caps_the_changes_of_one_tick() -> None:
     _, _, acts = _planned(budget=2)
     assert len(acts) == 2
+
+
+def test_a_restart_window_counts_the_downtime_and_waits_before_the_fast_estimate() -> None:
+    """After a share change the window restarts at the restart: while the tenant is down the
+    ticks count nothing, the backlog served after it makes up for it, and the last-third
+    estimate (which would read the backlog burst as demand) waits a whole window."""
+    cfg, state, acts = _planned()
+    now = state.last_tick
+    assert now is not None
+    state = daemon.absorb(state, [Outcome(a, Result.APPLIED, "") for a in acts], now)
+    sc = load_scenario(SCENARIO, seconds=60)
+    host = sc.build_host()
+    snap = host.observe(now)
+    down = dataclasses.replace(snap, now=now + 2.0, tenants={
+        n: dataclasses.replace(t, running=False) for n, t in snap.tenants.items()})
+    state, _, _ = daemon.step(state, down, cfg)
+    assert state.history["chat"] == ((now, 0), (now + 2.0, 0))
+    assert "chat" not in state.up_at
+    up = dataclasses.replace(snap, now=now + 4.0)
+    state, _, _ = daemon.step(state, up, cfg)
+    assert state.up_at["chat"] == now + 4.0 and not state.settled("chat", 20.0)
 
 
 def test_held_tenants_are_not_planned() -> None:
