@@ -62,6 +62,9 @@ class Daemon:
                       kept="previous configuration")
             return
         new = _effective(new, self.config, self.scenario_tenants)
+        if new.vgpu.enabled and not self.config.vgpu.enabled:
+            log.warning("vgpu_needs_restart", detail="[vgpu] enabled takes effect at the next "
+                        "start; bands, cooldown and budget apply on reload")
         reconfigure = getattr(self.host, "reconfigure", None)
         if callable(reconfigure):
             reconfigure(new)

@@ -115,6 +115,9 @@ def combined_policy(config: Config) -> Policy:
     def decide(state: CombinedState, snapshot: Snapshot,
                cfg: Config) -> tuple[CombinedState, CombinedDecision]:
         ls, d = ladder.decide(state.ladder, snapshot, cfg)
+        if not cfg.vgpu.enabled:  # switched off by a reload: the ladder alone from now on
+            return replace(state, ladder=ls, config=cfg), CombinedDecision(
+                tuple(d.actions), tuple(d.reasons))
         busy = frozenset(str(getattr(a, "tenant", "")) for a in d.actions)
         vs, acts, _ = vgpu.step(state.vgpu, snapshot, cfg, hold=busy)
         # one reason per action (the planner's notes stay in its state, shown in /status)

@@ -239,3 +239,20 @@ def test_status_and_gauge_show_the_shares() -> None:
     fams = {f.name: f for f in collector.collect()}
     got = {s.labels["tenant"]: s.value for s in fams["gpuguard_tenant_vgpu_share_ratio"].samples}
     assert got == {n: v["share_pct"] / 100 for n, v in status["tenants"].items()}
+
+
+def test_a_reload_that_disables_vgpu_leaves_the_ladder_alone() -> None:
+    sc = load_scenario(SCENARIO, seconds=60)
+    on = sim_config(sc, "static", Config(vgpu=VgpuConfig(enabled=True, demand_window_s=20.0)))
+    off = dataclasses.replace(on, vgpu=dataclasses.replace(on.vgpu, enabled=False))
+    pol = policy_for(on)
+    kinds: dict[bool, set[str]] = {}
+    for cfg in (on, off):
+        host, state = sc.build_host(), pol.initial(on)
+        seen: set[str] = set()
+        for t in range(0, 24, 2):
+            state, d = pol.decide(state, host.observe(float(t)), cfg)
+            seen |= {a.kind for a in d.actions}
+            assert len(d.reasons) == len(d.actions)
+        kinds[cfg.vgpu.enabled] = seen
+    assert kinds == {True: {"vgpu_set"}, False: set()}
