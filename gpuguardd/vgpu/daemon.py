@@ -273,17 +273,21 @@ def step(
     own: dict[int, float] = {}
     for name, ts in tenants.items():
         d = demand(history.get(name, ()), window, recent=out.settled(name, window))
-        if d is None or name in hold:
+        if d is None:
+            continue
+        if not 0 <= ts.gpu < len(problem.gpus):
+            notes.append(f"{name}: GPU {ts.gpu} is not in the topology the plan was made for")
             continue
         spec = replace(state.specs[name], demand_rps=d)
         gpu = problem.gpus[ts.gpu]
         pred = problem.predictors[(spec.model, gpu.name)]
         batch = allocator.point(spec, pred, problem.params, ts.share_pct, 0.0).batch
         act = allocator.footprint(spec, gpu, batch)
-        observed[name] = Observation(d, act)
-        specs[name] = spec
+        observed[name] = Observation(d, act)  # a held tenant still counts as a co-runner
+        if name not in hold:
+            specs[name] = spec
         own[ts.gpu] = own.get(ts.gpu, 0.0) + act
-    if not observed:
+    if not specs:
         return replace(out, notes=tuple(notes)), (), tuple(notes)
     # Unplanned co-runners (a training job, a server without [tenant.vgpu]) are measured:
     # sm_util minus the planned tenants' footprints. Only where such a co-runner runs: time
