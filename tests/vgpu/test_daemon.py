@@ -256,3 +256,17 @@ def test_a_reload_that_disables_vgpu_leaves_the_ladder_alone() -> None:
             assert len(d.reasons) == len(d.actions)
         kinds[cfg.vgpu.enabled] = seen
     assert kinds == {True: {"vgpu_set"}, False: set()}
+
+
+def test_check_config_reads_the_files_vgpu_names(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from gpuguardd.cli import main
+
+    f = tmp_path / "g.toml"
+    f.write_text('[vgpu]\nenabled = true\npredictors = "/nonexistent/p.json"\n[[tenant]]\n'
+                 'name = "a"\nslo = {ttft_p99_ms = 100.0}\n[tenant.vgpu]\nmodel = "Qwen3-4B"\n')
+    assert main(["check-config", str(f)]) == 2
+    assert "vgpu.predictors: /nonexistent/p.json" in capsys.readouterr().err
+    f.write_text('[vgpu]\nenabled = true\n[[tenant]]\nname = "a"\nslo = {ttft_p99_ms = 100.0}\n'
+                 '[tenant.vgpu]\nmodel = "Qwen3-4B"\n')
+    assert main(["check-config", str(f)]) == 0
