@@ -270,3 +270,27 @@ def test_check_config_reads_the_files_vgpu_names(tmp_path: Path,
     f.write_text('[vgpu]\nenabled = true\n[[tenant]]\nname = "a"\nslo = {ttft_p99_ms = 100.0}\n'
                  '[tenant.vgpu]\nmodel = "Qwen3-4B"\n')
     assert main(["check-config", str(f)]) == 0
+
+
+def test_status_carries_the_kubernetes_patch_for_the_planned_share() -> None:
+    sc = load_scenario(SCENARIO, seconds=40)
+    cfg = sim_config(sc, "static", Config(vgpu=VgpuConfig(enabled=True, demand_window_s=20.0)))
+    chat = next(t for t in cfg.tenants if t.name == "chat")
+    assert chat.vgpu is not None
+    k8s = dataclasses.replace(chat.vgpu, pod_uid="uid-1", container="vllm",
+                              k8s_namespace="llm", k8s_owner="Deployment/chat")
+    cfg = dataclasses.replace(cfg, tenants=tuple(
+        dataclasses.replace(t, vgpu=k8s) if t.name == "chat" else t for t in cfg.tenants))
+    pol = policy_for(cfg)
+    host, state = sc.build_host(), pol.initial(cfg)
+    for t in range(0, 24, 2):
+        state, d = pol.decide(state, host.observe(float(t)), cfg)
+        state = pol.absorb(state, [Outcome(a, Result.APPLIED, "") for a in d.actions], float(t))
+    st = state.vgpu_status()["tenants"]
+    share = st["chat"]["share_pct"]
+    assert share < 33 and "k8s_patch" not in st["code"]
+    patch = st["chat"]["k8s_patch"]
+    assert patch["target"] == {"kind": "Deployment", "namespace": "llm", "name": "chat"}
+    limits = patch["strategic_merge_patch"]["spec"]["template"]["spec"]["containers"][0]
+    assert limits["name"] == "vllm"
+    assert limits["resources"]["limits"]["nvidia.com/gpucores"] == str(share)
