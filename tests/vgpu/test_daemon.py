@@ -162,41 +162,63 @@ def test_held_tenants_are_not_planned() -> None:
 # -- end to end: simulate() with the ladder + vGPU policy --------------------------------------
 
 
-def _run(budget: int) -> tuple[dict[str, Any], list[tuple[float, dict[str, int]]],
-                               dict[str, tuple[Sketch, Sketch]]]:
-    """Shares per tick, and each tenant's latency outside restarts: from a restart until
-    DRAIN_S after it is up again its queue holds the requests that arrived while it was down
-    (the price of a share change that the restart budget bounds)."""
-    drain_s = 60.0
+Tick = tuple[float, str, bool, Any, Any]  # time, tenant, running, ttft sketch, tpot sketch
+
+
+def _run(budget: int, seed: int | None = None) -> tuple[
+        dict[str, Any], list[tuple[float, dict[str, int]]], list[Tick]]:
     base = Config(vgpu=VgpuConfig(enabled=True, demand_window_s=30.0, cooldown_s=60.0,
                                   restart_budget_per_hour=budget))
     shares: list[tuple[float, dict[str, int]]] = []
-    steady = {n: (Sketch(), Sketch()) for n in NAMES}
-    up = dict.fromkeys(NAMES, 0.0)
-    was = dict.fromkeys(NAMES, True)
+    ticks: list[Tick] = []
 
     def on_tick(r: TickReport) -> None:
         shares.append((r.now, dict(r.state.vgpu_shares)))
         for n in NAMES:
             s = r.snapshot.tenants[n]
-            if s.running and not was[n]:
-                up[n] = r.now
-            was[n] = s.running
-            if s.running and r.now - up[n] >= drain_s and r.now > 0:
-                steady[n][0].merge(s.latency.ttft)
-                steady[n][1].merge(s.latency.tpot)
+            ticks.append((r.now, n, s.running, s.latency.ttft, s.latency.tpot))
 
-    res = simulate(SCENARIO, policy="static", base=base, on_tick=on_tick)
-    return res, shares, steady
+    res = simulate(SCENARIO, policy="static", base=base, seed=seed, on_tick=on_tick)
+    return res, shares, ticks
 
 
-def test_daemon_lowers_over_provisioned_shares_and_raises_one_when_demand_rises() -> None:
-    res, shares, steady = _run(budget=8)
+def _settled_latency(ticks: list[Tick], sets: list[dict[str, Any]],
+                     drain_s: float = 60.0) -> dict[str, tuple[Sketch, Sketch]]:
+    """Each tenant's latency where its share and demand are settled. Left out: from each
+    restart until ``drain_s`` after it is up again (its queue holds what arrived while it was
+    down: the price of a share change, bounded by the restart budget), and for chat the
+    reaction to its demand step, from the step (200 s) until ``drain_s`` after it is up from
+    its last raise (the share only follows once a third of the demand window has seen it)."""
+    last_raise = max((e["t"] for e in sets if e["target"] == "chat"
+                      and e["reason"].startswith("raise")), default=None)
+    out = {n: (Sketch(), Sketch()) for n in NAMES}
+    up = dict.fromkeys(NAMES, 0.0)
+    was = dict.fromkeys(NAMES, True)
+    chat_settled = float("inf")
+    for t, n, running, ttft, tpot in ticks:
+        if running and not was[n]:
+            up[n] = t
+            if n == "chat" and last_raise is not None and t > last_raise:
+                chat_settled = min(chat_settled, t + drain_s)
+        was[n] = running
+        if not running or t - up[n] < drain_s or t == 0.0:
+            continue
+        if n == "chat" and 200.0 <= t < chat_settled:
+            continue
+        out[n][0].merge(ttft)
+        out[n][1].merge(tpot)
+    return out
+
+
+@pytest.mark.parametrize("seed", [3, 5])
+def test_daemon_lowers_over_provisioned_shares_and_raises_one_when_demand_rises(
+        seed: int) -> None:
+    res, shares, ticks = _run(budget=8, seed=seed)
     sets = [e for e in res["action_log"] if e["kind"] == "vgpu_set"]
     assert not res["failed_actions"]
     at = dict(shares)
     assert sum(at[0.0].values()) == INITIAL_TOTAL
-    # lowered as soon as a demand window is full (30 s): measured 34 % in all, from 99 %
+    # lowered as soon as a demand window is full (30 s): 34 % in all, from 99 %
     assert sum(at[40.0].values()) <= 0.5 * INITIAL_TOTAL
     assert max(sum(s.values()) for t, s in shares if t >= 40.0) < INITIAL_TOTAL
     # chat's demand quadruples at 200 s: its share rises above what it had before
@@ -206,8 +228,8 @@ def test_daemon_lowers_over_provisioned_shares_and_raises_one_when_demand_rises(
     for n in NAMES:
         times = [e["t"] for e in sets if e["target"] == n]
         assert all(b - a >= 60.0 for a, b in itertools.pairwise(times)), (n, times)
-    # the SLOs hold in the simulator outside the restarts (ground truth latencies)
-    for n, (ttft, tpot) in steady.items():
+    # the SLOs hold in the simulator (ground-truth latencies) wherever the shares are settled
+    for n, (ttft, tpot) in _settled_latency(ticks, sets).items():
         assert ttft.count > 100
         for kind, sk in (("ttft", ttft), ("tpot", tpot)):
             p99 = sk.quantile(0.99)
