@@ -26,7 +26,7 @@ import structlog
 
 from gpuguardd.config import Config, TenantConfig
 from gpuguardd.host.cgroup_io import CgroupIo, CgroupVersion, parse_diskstats
-from gpuguardd.host.hami import MIB, HamiError, HamiRegion, WriteResult
+from gpuguardd.host.hami import MIB, HamiError, HamiRegion, WriteResult, k8s_patch_plan
 from gpuguardd.host.latency import PromScraper, ScrapeResult
 from gpuguardd.host.nvml import Nvml, NvmlTick
 from gpuguardd.host.paths import HostPaths
@@ -474,8 +474,16 @@ class RealHost:
         except LeverError:
             self._count("vgpu")
             raise
+        v = t.vgpu
+        patch = None
+        if v.k8s_owner is not None and v.k8s_namespace is not None and v.container is not None:
+            # the restart keeps the pod; the operator's patch keeps the share past its re-creation
+            kind, _, owner = v.k8s_owner.partition("/")
+            patch = k8s_patch_plan(namespace=v.k8s_namespace, owner_kind=kind, owner_name=owner,
+                                   container=v.container, container_index=v.k8s_container_index,
+                                   share_pct=compute_pct, memory_bytes=memory_bytes)
         log.info("vgpu_set", tenant=tenant, share_pct=compute_pct, memory_bytes=memory_bytes,
-                 regions=len(files))
+                 regions=len(files), k8s_patch=patch)
 
     @staticmethod
     def _undo(done: list[tuple[HamiRegion, WriteResult]]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pynvml
 import pytest
+from structlog.testing import capture_logs
 
 from gpuguardd.config import (
     Config,
@@ -44,7 +45,8 @@ def _config(tmp_path: Path, root: Path, **vgpu: object) -> Config:
         tenants=(
             TenantConfig(name="llm", tenant_class="latency", restartable=True,
                          slo=SloConfig(ttft_p99_ms=200.0), hooks=HooksConfig(restart=hook),
-                         vgpu=TenantVgpuConfig(**{**mk, **vgpu})),  # type: ignore[arg-type]
+                         vgpu=TenantVgpuConfig(**{**mk, "k8s_namespace": "llm",  # type: ignore[arg-type]
+                                                  "k8s_owner": "Deployment/qwen", **vgpu})),
             TenantConfig(name="fixed", tenant_class="latency", slo=SloConfig(ttft_p99_ms=200.0),
                          hooks=HooksConfig(restart=hook), vgpu=TenantVgpuConfig(**mk)),
             TenantConfig(name="broken", tenant_class="latency", restartable=True,
@@ -90,7 +92,8 @@ def test_share_written_to_the_region_and_the_tenant_restarted_with_hami_env(
     region = hami_root / "pod-uid-1_llm" / "GPU-00000000.cache"
     before = region.read_bytes()
     ex = Executor(host, Journal(str(tmp_path / "journal"), wall_clock_now=0.0, durable=False))
-    out = ex.apply([VgpuSet("llm", 22, 6 * GIB + 1, reason="test")], 10.0)
+    with capture_logs() as logs:
+        out = ex.apply([VgpuSet("llm", 22, 6 * GIB + 1, reason="test")], 10.0)
     assert [o.result for o in out] == [Result.APPLIED]
     after = region.read_bytes()
     assert _limits(region, 1) == (6 * GIB + 1, 22)
@@ -106,6 +109,12 @@ def test_share_written_to_the_region_and_the_tenant_restarted_with_hami_env(
     (entry,) = ex.active()
     assert entry.original == {"share_pct": 50, "memory_bytes": 4 * GIB}
     assert host.get_vgpu("llm") == {"share_pct": 50, "memory_bytes": 4 * GIB}
+    # the operator's patch that keeps the share when the pod is re-created
+    (event,) = [e for e in logs if e["event"] == "vgpu_set"]
+    patch = event["k8s_patch"]
+    assert patch["target"] == {"kind": "Deployment", "namespace": "llm", "name": "qwen"}
+    assert {"op": "add", "path": "/spec/template/spec/containers/0/resources/limits/"
+            "nvidia.com~1gpucores", "value": "22"} in patch["json_patch"]
 
 
 def test_failed_restart_puts_the_region_back_and_the_lever_backs_off(
