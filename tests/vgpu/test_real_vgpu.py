@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import sys
@@ -34,10 +35,11 @@ from tests.vgpu.test_hami import region_bytes
 GIB = 1 << 30
 
 
-def _config(tmp_path: Path, root: Path, **vgpu: object) -> Config:
+def _config(tmp_path: Path, root: Path) -> Config:
     hook = [sys.executable, "-c", RECORD, str(tmp_path / "hooks.log")]
     fail = [sys.executable, "-c", "import sys; sys.exit(3)"]
-    mk = dict(model="Qwen3-1.7B", pod_uid="pod-uid-1", container="llm", device=1)
+    mk = TenantVgpuConfig(model="Qwen3-1.7B", pod_uid="pod-uid-1", container="llm", device=1)
+    k8s = dataclasses.replace(mk, k8s_namespace="llm", k8s_owner="Deployment/qwen")
     return Config(
         daemon=DaemonConfig(require_gpu=False, state_dir=str(tmp_path / "state")),
         push=PushConfig(socket=str(tmp_path / "run" / "latency.sock")),
@@ -45,13 +47,12 @@ def _config(tmp_path: Path, root: Path, **vgpu: object) -> Config:
         tenants=(
             TenantConfig(name="llm", tenant_class="latency", restartable=True,
                          slo=SloConfig(ttft_p99_ms=200.0), hooks=HooksConfig(restart=hook),
-                         vgpu=TenantVgpuConfig(**{**mk, "k8s_namespace": "llm",  # type: ignore[arg-type]
-                                                  "k8s_owner": "Deployment/qwen", **vgpu})),
+                         vgpu=k8s),
             TenantConfig(name="fixed", tenant_class="latency", slo=SloConfig(ttft_p99_ms=200.0),
-                         hooks=HooksConfig(restart=hook), vgpu=TenantVgpuConfig(**mk)),
+                         hooks=HooksConfig(restart=hook), vgpu=mk),
             TenantConfig(name="broken", tenant_class="latency", restartable=True,
                          slo=SloConfig(ttft_p99_ms=200.0), hooks=HooksConfig(restart=fail),
-                         vgpu=TenantVgpuConfig(**mk)),
+                         vgpu=mk),
             TenantConfig(name="escape", tenant_class="latency", restartable=True,
                          slo=SloConfig(ttft_p99_ms=200.0), hooks=HooksConfig(restart=hook),
                          vgpu=TenantVgpuConfig(model="Qwen3-1.7B", region_dir="link")),
