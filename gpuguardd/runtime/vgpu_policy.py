@@ -50,8 +50,8 @@ class CombinedState:
 
     @property
     def vgpu_shares(self) -> dict[str, int]:
-        return {n: v.share_pct for n, v in self.vgpu.view(1.0).items()
-                if v.share_pct is not None}
+        return {n: v.share_pct for n, v in self.vgpu.view(
+            self.config.vgpu.demand_window_s).items() if v.share_pct is not None}
 
     def vgpu_status(self) -> dict[str, Any]:
         """Per tenant: share, memory limit, demand, last reason, and the Kubernetes patch an
