@@ -21,7 +21,7 @@ from gpuguardd.export.http import MetricsServer
 from gpuguardd.export.metrics import GpuguardCollector, make_registry
 from gpuguardd.host.protocol import Host
 from gpuguardd.runtime.clock import ScaledClock, WallClock
-from gpuguardd.runtime.engine import Engine, ladder_policy
+from gpuguardd.runtime.engine import Engine, policy_for
 from gpuguardd.runtime.executor import Executor
 from gpuguardd.runtime.journal import Journal, JournalError
 from gpuguardd.runtime.notify import from_environment
@@ -62,6 +62,9 @@ class Daemon:
                       kept="previous configuration")
             return
         new = _effective(new, self.config, self.scenario_tenants)
+        if new.vgpu.enabled and not self.config.vgpu.enabled:
+            log.warning("vgpu_needs_restart", detail="[vgpu] enabled takes effect at the next "
+                        "start; bands, cooldown and budget apply on reload")
         reconfigure = getattr(self.host, "reconfigure", None)
         if callable(reconfigure):
             reconfigure(new)
@@ -191,8 +194,12 @@ def _build(
 
     collector = GpuguardCollector(lambda: holder["engine"].config, extra)
     operator = OperatorQueue(cfg.control.default_hold_s)
-    engine = Engine(host, executor, cfg, ladder_policy(), publishers=(collector, board),
-                    notifier=from_environment(), operator=operator)
+    try:
+        engine = Engine(host, executor, cfg, policy_for(cfg), publishers=(collector, board),
+                        notifier=from_environment(), operator=operator)
+    except configmod.ConfigError as e:  # files named by [vgpu] / [tenant.vgpu] that cannot be used
+        host.close()
+        raise StartupError("; ".join(e.errors)) from None
     holder["engine"] = engine
     api = ControlApi(board, operator, lambda: engine.config)
     try:

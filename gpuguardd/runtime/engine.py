@@ -47,6 +47,16 @@ def ladder_policy() -> Policy:
     return Policy(policy.LadderState.initial, policy.decide, policy.absorb)
 
 
+def policy_for(config: Config) -> Policy:
+    """The ladder alone, or with the vGPU share planner when ``[vgpu] enabled`` (its numeric
+    stack is imported only then)."""
+    if not config.vgpu.enabled:
+        return ladder_policy()
+    from gpuguardd.runtime.vgpu_policy import combined_policy
+
+    return combined_policy(config)
+
+
 @dataclass(frozen=True)
 class TickReport:
     """What one tick saw and did; the exporter and the status endpoint read the latest."""

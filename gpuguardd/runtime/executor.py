@@ -228,7 +228,12 @@ class Executor:
         return Outcome(a, Result.APPLIED, f"moved {a.source} -> {a.to}")
 
     def _vgpu(self, a: VgpuSet, now: float) -> Outcome:
-        self._record(Entry(a.key, a, "intent", None, now, None))
+        # The share and memory limit found before our first write, kept for the operator
+        # (a share is not undone on exit: that would cost the tenant another restart).
+        prev = self._entry(a.key)
+        read = getattr(self.host, "get_vgpu", None)
+        original = prev.original if prev else (read(a.tenant) if callable(read) else None)
+        self._record(Entry(a.key, a, "intent", original, now, None))
         if self.dry_run:
             return Outcome(a, Result.DRY_RUN, f"would set {a.compute_pct}% {a.memory_bytes} B")
         self.host.set_vgpu(a.tenant, a.compute_pct, a.memory_bytes)

@@ -78,8 +78,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_array
 from scipy.special import gammaln, pdtr
 
 from gpuguardd.model.llm import LlmArch
@@ -725,6 +723,10 @@ def _knapsack_bound(acts: Sequence[int], need: Sequence[int], skip: int) -> floa
 
 
 def oracle(problem: Problem, built: Profiles | None = None) -> Plan:
+    # imported here: the daemon's re-planning never needs the MILP stack (memory footprint)
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_array
+
     params = problem.params
     profiles, missing = built if built is not None else _profiles(problem)
     reasons = {m.split(":", 1)[0]: m.split(": ", 1)[1] for m in missing}

@@ -61,7 +61,7 @@ def run(seconds: float, antagonist_on: bool = True):
 def test_a_gpuless_victim_gets_the_antagonist_on_its_disk_throttled():
     state, throttles, cap = run(60)
     assert throttles, state.tenants["victim"].last_reason
-    t, first, reason = throttles[0]
+    _t, first, reason = throttles[0]
     assert first.tenant == "dd" and first.device == DISK and first.limit.wbps is not None
     assert "cause io" in reason and "same disk 8:0" in reason
     assert all(a.tenant == "dd" for _, a, _ in throttles)  # never the idle tenant on sdb
