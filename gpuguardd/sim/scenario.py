@@ -409,10 +409,14 @@ def _parse_events(data: dict[str, Any], names: set[str], errors: list[str]) -> l
         if (why := _NONNEG(at)) is not None:
             errors.append(f"{p}.at_s: {why}")
         tenant = ev.get("tenant")
-        if tenant not in names:
+        if not isinstance(tenant, str):
+            errors.append(f"{p}.tenant: expected a tenant name, got {tenant!r:.40}")
+        elif tenant not in names:
             errors.append(f"{p}.tenant: no tenant named {tenant!r}")
         action = ev.get("action")
-        if (why := _choice("start", "stop", "set")(action)) is not None:
+        if not isinstance(action, str):
+            errors.append(f"{p}.action: expected one of 'start', 'stop', 'set'")
+        elif (why := _choice("start", "stop", "set")(action)) is not None:
             errors.append(f"{p}.action: {why}")
         extra = {k: v for k, v in ev.items() if k not in ("at_s", "tenant", "action")}
         values: dict[str, object] = {}
