@@ -202,7 +202,7 @@ class CgroupIo:
         if saved is None:
             return
         self.set_limit(rel, device, saved.limit)
-        self._saved.pop((rel, device), None)  # set_limit already forgets it after a lift
+        self._saved.pop((rel, device), None)  # set_limit already forgets a lift
 
     def restore_all(self) -> list[str]:
         """Put back every value found before our first write; returns the failures."""

@@ -151,7 +151,10 @@ class PushReceiver:
                 if n > self.max_datagram:
                     self._reject("oversize")
                 else:
-                    self.feed(bytes(view[:n]))
+                    try:
+                        self.feed(bytes(view[:n]))
+                    except Exception:  # a decoder bug must not silence the socket for good
+                        self._reject("malformed")
                 count += 1
                 if count % 256 == 0:
                     self.cpu_s = time.thread_time() - cpu0

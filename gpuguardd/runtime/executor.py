@@ -122,9 +122,9 @@ class Executor:
                  lever: str | None = None, force: bool = False) -> Outcome:
         """Run ``fn`` under the lever's back-off and availability. Restores use a lever of
         their own (``restore:<key>``), so a failed tightening never delays an expiry;
-        ``force`` (shutdown) ignores the back-off."""
+        ``force`` (shutdown: the last chance) ignores back-off and unavailability."""
         lever = lever or action.key
-        if lever in self._unavailable:
+        if lever in self._unavailable and not force:
             return Outcome(action, Result.UNAVAILABLE, self._unavailable[lever])
         b = self._backoff.get(lever)
         if b is not None and now < b.until and not force:
@@ -336,9 +336,11 @@ class Executor:
             try:
                 current = self.host.get_io_limit(a.tenant, a.device)
             except LeverError as err:
-                # the cgroup is gone (the tenant exited) or can never be read: nothing left
-                # to restore - a cgroup created again later starts without our limit
-                if err.permanent or isinstance(err, CgroupGone):
+                # The cgroup is gone (the tenant exited): nothing left to restore - a cgroup
+                # created again later starts without our limit. Any other error, permanent
+                # ones included, keeps the record: the limit may still be in force, and the
+                # next attempt (at the latest the next start) must still lift it.
+                if isinstance(err, CgroupGone):
                     self.journal.remove(e.key)
                     return Outcome(a, Result.REVERTED, f"target gone ({err})")
                 raise

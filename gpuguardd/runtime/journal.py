@@ -56,6 +56,9 @@ class Journal:
         self._entries: dict[str, Entry] = {}
         self._prepare_dir()
         self._load(wall_clock_now)
+        # temp files of a write-then-rename interrupted by a crash: never renamed, never read
+        for stale in self.dir.glob(".journal.*"):
+            stale.unlink(missing_ok=True)
 
     # -- queries ---------------------------------------------------------------------------
     def entries(self) -> list[Entry]:

@@ -133,8 +133,10 @@ def test_torn_journal_write_leaves_the_previous_journal(tmp_path: Path, flush: i
     doc = json.loads((tmp_path / "state" / "journal.json").read_text()) if flush > 1 else None
     if doc is not None:
         assert [e["status"] for e in doc["entries"]] == ["intent"]
+    assert list((tmp_path / "state").glob(".journal.*")), "the kill left its temp file"
     _, host, (_outcomes, logs) = restart(tmp_path, now=1.0)
     assert not events(logs, "journal_corrupt")
+    assert not list((tmp_path / "state").glob(".journal.*")), "stale temp files are removed"
     assert host.limit("t2", "8:0") == IoLimit()
 
 

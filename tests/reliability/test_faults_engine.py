@@ -173,3 +173,21 @@ def test_oserror_from_a_lever_is_a_temporary_failure(tmp_path: Path) -> None:
     engine, _ = make_engine(tmp_path, host, scripted_policy(lambda s: [throttle(s.now)]))
     assert engine.tick(0.0).outcomes[0].result is Result.FAILED
     assert engine.tick(31.0).outcomes[-1].result is Result.APPLIED
+
+
+def test_permanent_error_while_restoring_keeps_the_record_for_the_next_attempt(
+        tmp_path: Path) -> None:
+    """Only a vanished cgroup ends a throttle record; an EACCES on the way back (the limit
+    may still be in force) keeps it, and the shutdown tries once more."""
+    fake = FakeHost()
+    host = FaultyHost(fake)
+    engine, collector = make_engine(tmp_path, host, scripted_policy(once_at(0.0, throttle)))
+    engine.tick(0.0)
+    host.faults["get_io_limit"] = [LeverError("read io.max: Permission denied (EACCES)",
+                                              permanent=True)]
+    [o] = engine.tick(10.0).outcomes
+    assert o.result is Result.UNAVAILABLE and fake.limits[("t2", "8:0")] == CAP
+    assert [e.key for e in engine.executor.active()] == [KEY]
+    assert metric(collector, "gpuguard_lever_unavailable", lever=f"restore:{KEY}") == 1
+    [r] = engine.shutdown("SIGTERM")
+    assert r.result is Result.REVERTED and fake.limits[("t2", "8:0")] == IoLimit()

@@ -272,3 +272,13 @@ def test_host_exit_never_reapplies_a_throttle_left_by_a_killed_daemon(tmp_path: 
     assert io.set_limit(ETL, DEV, IoLimit()) is True
     assert io.restore_all() == []
     assert io.get_limit(ETL, DEV) == IoLimit()
+
+
+def test_restore_all_after_a_throttle_puts_back_an_unlimited_original(tmp_path: Path) -> None:
+    from tests.host.test_cgroup_io import make_v2
+
+    make_v2(tmp_path / "cg", ETL)
+    io = cgroup_io.CgroupIo(tmp_path / "cg")
+    assert io.set_limit(ETL, "259:0", CAP) is True  # 259:0 had no rule: unlimited
+    assert io.restore_all() == []
+    assert io.get_limit(ETL, "259:0") == IoLimit()

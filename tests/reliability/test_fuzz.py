@@ -323,3 +323,33 @@ def test_unknown_tenant_names_and_distinct_values_do_not_grow_memory(tmp_path: P
         assert rx.feed(b'{"tenant": "t1", "ttft_s": 3601}') == "bad_value"
     finally:
         rx.close()
+
+
+def test_receiver_thread_survives_a_decoder_failure(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    from gpuguardd.host import push as push_mod
+
+    rx = PushReceiver(tmp_path / "latency.sock", ["t1"])
+    real_loads = json.loads
+    calls = [0]
+
+    def flaky(data: bytes) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("decoder bug")
+        return real_loads(data)
+
+    monkeypatch.setattr(push_mod.json, "loads", flaky)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            for _ in range(2):
+                s.sendto(b'{"tenant": "t1", "ttft_s": 0.01}', str(rx.path))
+        deadline = time.monotonic() + 5
+        while rx.accepted_samples < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rx.accepted_samples == 1 and rx.rejected()["malformed"] == 1
+    finally:
+        rx.close()
