@@ -263,6 +263,28 @@ class VgpuConfig:
 
 
 @dataclass(frozen=True)
+class KubernetesConfig:
+    """Tenants discovered from the pods of this node (``gpuguard.io/*`` annotations)."""
+
+    enabled: bool = _f(False, "discover tenants from the kubelet and the API server at start, "
+                              "on reload and every refresh_s (needs gpuguardd[kubernetes])")
+    pod_resources_socket: str = _f("/var/lib/kubelet/pod-resources/kubelet.sock",
+                                   "the kubelet's PodResources v1 gRPC socket")
+    node_name_env: str = _f("NODE_NAME", "environment variable holding this node's name "
+                                         "(the downward API's spec.nodeName)")
+    api_server: str = _f("", "API server base URL (e.g. a kubectl proxy); \"\": in-cluster, "
+                             "with the pod's service account")
+    latency_namespaces: list[str] = _f(
+        [], "namespaces whose pods may declare gpuguard.io/class = latency (protected); "
+        "elsewhere such pods are skipped")
+    namespaces: list[str] | None = _f(None, "discover only pods of these namespaces "
+                                            "(default: all)")
+    refresh_s: float = _f(60.0, "rediscovery period, seconds", lo=5.0, hi=86_400.0)
+    timeout_s: float = _f(2.0, "timeout of each kubelet and API server request, seconds",
+                          lo=0.1, hi=30.0)
+
+
+@dataclass(frozen=True)
 class TenantConfig:
     name: str = _required("tenant name, [a-z0-9_-]{1,63}")
     tenant_class: Literal["latency", "batch"] = _f(
@@ -300,6 +322,8 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig, metadata={"doc": "ladder"})
     vgpu: VgpuConfig = field(default_factory=VgpuConfig,
                              metadata={"doc": "vGPU (HAMi) share allocator"})
+    kubernetes: KubernetesConfig = field(
+        default_factory=KubernetesConfig, metadata={"doc": "Kubernetes tenant discovery"})
     tenants: tuple[TenantConfig, ...] = field(default=(), metadata={"doc": "tenants"})
 
     def tenant(self, name: str) -> TenantConfig | None:
@@ -484,6 +508,15 @@ def _check_semantics(cfg: Config, errors: list[str]) -> None:
         errors.append(f"vgpu.hami_root: {root!r} must be an absolute path without '..'")
     if cfg.vgpu.enabled and not any(t.vgpu is not None for t in cfg.tenants):
         errors.append("vgpu.enabled: no tenant has a [tenant.vgpu] table")
+    k8s = cfg.kubernetes
+    if k8s.enabled and not k8s.pod_resources_socket.startswith("/"):
+        errors.append(f"kubernetes.pod_resources_socket: {k8s.pod_resources_socket!r} must be "
+                      "an absolute path")
+    if k8s.api_server and not k8s.api_server.startswith(("http://", "https://")):
+        errors.append(f"kubernetes.api_server: {k8s.api_server!r} is not an http(s) URL")
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k8s.node_name_env):
+        errors.append(f"kubernetes.node_name_env: {k8s.node_name_env!r} is not an environment "
+                      "variable name")
     sock = cfg.control.socket
     if sock and (not sock.startswith("/") or "\0" in sock or len(sock.encode()) > 107):
         errors.append(f"control.socket: {sock!r} must be an absolute path of at most 107 bytes")

@@ -7,6 +7,7 @@ import dataclasses
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -15,11 +16,13 @@ from typing import Any
 import structlog
 
 from gpuguardd import config as configmod
+from gpuguardd.app import discovery
 from gpuguardd.config import Config
 from gpuguardd.export.control import ControlApi, ControlServer, OperatorQueue
 from gpuguardd.export.http import MetricsServer
 from gpuguardd.export.metrics import GpuguardCollector, make_registry
 from gpuguardd.host.protocol import Host
+from gpuguardd.model.actions import Result
 from gpuguardd.runtime.clock import ScaledClock, WallClock
 from gpuguardd.runtime.engine import Engine, policy_for
 from gpuguardd.runtime.executor import Executor
@@ -48,30 +51,99 @@ class Daemon:
     reloads: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     tmpdir: tempfile.TemporaryDirectory[str] | None = None
     control: ControlServer | None = None
+    #: the configuration as the file gives it, before discovered tenants are added
+    base: Config | None = None
+    discovered: tuple[configmod.TenantConfig, ...] = ()
+    next_discovery: float = 0.0
 
     def reload(self) -> None:
+        new = self._load_file()
+        source = self.config_path if new is not None else "kubernetes only"
+        if new is None:
+            if not self._discovering(self.config):
+                return
+            new = self.base if self.base is not None else self.config  # rediscover only
+        else:
+            self.base = new
+        if self._discovering(new):
+            self._rediscover(new)
+        if new.vgpu.enabled and not self.config.vgpu.enabled:
+            log.warning("vgpu_needs_restart", detail="[vgpu] enabled takes effect at the next "
+                        "start; bands, cooldown and budget apply on reload")
+        self._swap(discovery.merged(new, self.discovered))
+        log.info("config_reloaded", path=source, tenants=len(self.config.tenants))
+
+    def _load_file(self) -> Config | None:
         if self.config_path is None or not Path(self.config_path).exists():
             log.warning("config_reload_skipped", reason="no configuration file")
             self.reloads["skipped"] += 1
-            return
+            return None
         try:
             new = configmod.load(self.config_path, trusted_only=True)
         except configmod.ConfigError as e:
             self.reloads["failed"] += 1
             log.error("config_reload_failed", path=self.config_path, errors=e.errors,
                       kept="previous configuration")
+            return None
+        self.reloads["ok"] += 1
+        return _effective(new, self.config, self.scenario_tenants)
+
+    def _discovering(self, cfg: Config) -> bool:
+        return cfg.kubernetes.enabled and self.scenario_tenants is None
+
+    def _rediscover(self, cfg: Config) -> bool:
+        """Ask Kubernetes again; on failure keep the tenants discovered before. True if the
+        discovered tenants changed."""
+        self.next_discovery = time.monotonic() + cfg.kubernetes.refresh_s
+        try:
+            found = discovery.discover_tenants(cfg)
+        except discovery.TenantDiscoveryError as e:
+            self.reloads["discovery_failed"] += 1
+            log.warning("tenant_discovery_failed", error=str(e),
+                        kept=[t.name for t in self.discovered])
+            return False
+        changed = found != self.discovered
+        self.discovered = found
+        return changed
+
+    def refresh(self) -> None:
+        """Between ticks: rediscover the Kubernetes tenants every ``refresh_s`` and apply a
+        change like a reload. Never raises (it runs in the engine loop)."""
+        base = self.base if self.base is not None else self.config
+        if not self._discovering(base) or time.monotonic() < self.next_discovery:
             return
-        new = _effective(new, self.config, self.scenario_tenants)
-        if new.vgpu.enabled and not self.config.vgpu.enabled:
-            log.warning("vgpu_needs_restart", detail="[vgpu] enabled takes effect at the next "
-                        "start; bands, cooldown and budget apply on reload")
+        try:
+            before = {t.name for t in self.discovered}
+            if self._rediscover(base):
+                self._swap(discovery.merged(base, self.discovered))
+                after = {t.name for t in self.discovered}
+                log.info("tenants_rediscovered", added=sorted(after - before),
+                         removed=sorted(before - after), tenants=len(self.config.tenants))
+        except Exception:  # a bug here must not stop the loop
+            log.exception("tenant_refresh_failed")
+
+    def _swap(self, new: Config) -> None:
+        """Apply ``new`` atomically (host first, then the engine). Tenants that leave have
+        their temporary changes lifted first, while the host still knows their cgroups; a
+        tenant whose change cannot be lifted now stays configured until it can."""
+        names = {t.name for t in new.tenants}
+        leaving = {t.name for t in self.config.tenants} - names
+        stuck: set[str] = set()
+        if leaving:
+            for o in self.engine.executor.release_tenants(leaving, "tenant removed"):
+                if o.result not in (Result.REVERTED, Result.UNCHANGED, Result.DRY_RUN):
+                    stuck.add(getattr(o.action, "tenant", ""))
+        if stuck:
+            kept = tuple(t for t in self.config.tenants if t.name in stuck)
+            log.warning("tenant_kept", tenants=sorted(stuck),
+                        reason="its temporary changes could not be lifted yet; retried at "
+                               "the next reload or discovery")
+            new = dataclasses.replace(new, tenants=new.tenants + kept)
         reconfigure = getattr(self.host, "reconfigure", None)
         if callable(reconfigure):
             reconfigure(new)
         self.engine.config = new
         self.config = new
-        self.reloads["ok"] += 1
-        log.info("config_reloaded", path=self.config_path, tenants=len(new.tenants))
 
     def run(self, stop: threading.Event, reload: threading.Event) -> None:
         self.server.start()
@@ -82,7 +154,7 @@ class Daemon:
                  dry_run=self.config.daemon.dry_run)
         try:
             self.engine.run(stop, clock=self.clock, reload=reload, on_reload=self.reload,
-                            sleep_scale=self.sleep_scale)
+                            sleep_scale=self.sleep_scale, between_ticks=self.refresh)
         finally:
             if self.control is not None:
                 self.control.close()
@@ -140,6 +212,8 @@ def _build(
         cfg = dataclasses.replace(cfg, metrics=dataclasses.replace(cfg.metrics, listen=listen))
     tmpdir: tempfile.TemporaryDirectory[str] | None = None
     scenario_tenants = None
+    base: Config | None = None
+    discovered: tuple[configmod.TenantConfig, ...] = ()
     host: Host
     clock: Callable[[], float]
     if sim is not None or cfg.daemon.backend == "sim":
@@ -157,6 +231,10 @@ def _build(
         state_dir, durable = tmpdir.name, False
     else:
         from gpuguardd.host.real import HostStartupError, build_real_host
+
+        base = cfg
+        discovered = _discover_at_start(cfg)
+        cfg = discovery.merged(cfg, discovered)
 
         try:
             host = build_real_host(cfg)
@@ -210,9 +288,30 @@ def _build(
     if control is not None:
         control.attach(api)
     daemon = Daemon(cfg, host, engine, server, board, clock, speed, config_path,
-                    scenario_tenants, tmpdir=tmpdir, control=control)
+                    scenario_tenants, tmpdir=tmpdir, control=control, base=base,
+                    discovered=discovered,
+                    next_discovery=time.monotonic() + cfg.kubernetes.refresh_s)
     holder["daemon"] = daemon
     return daemon
+
+
+def _discover_at_start(cfg: Config) -> tuple[configmod.TenantConfig, ...]:
+    """Kubernetes tenants at start. Without configured tenants a failure stops the start
+    (the daemon would have nothing to protect); with them it is a warning."""
+    if not cfg.kubernetes.enabled:
+        return ()
+    try:
+        found = discovery.discover_tenants(cfg)
+    except discovery.TenantDiscoveryError as e:
+        if not cfg.tenants:
+            raise StartupError(f"kubernetes tenant discovery failed and no tenant is "
+                               f"configured: {e}") from None
+        log.warning("tenant_discovery_failed", error=str(e),
+                    configured=[t.name for t in cfg.tenants],
+                    detail=f"retried every {cfg.kubernetes.refresh_s:g} s and on reload")
+        return ()
+    log.info("tenants_discovered", tenants=[t.name for t in found])
+    return found
 
 
 def _control_server(cfg: Config, *, simulated: bool) -> ControlServer | None:
