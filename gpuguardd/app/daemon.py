@@ -114,8 +114,11 @@ class Daemon:
             return
         try:
             before = {t.name for t in self.discovered}
-            if self._rediscover(base):
-                self._swap(discovery.merged(base, self.discovered))
+            changed = self._rediscover(base)
+            target = discovery.merged(base, self.discovered)
+            # unchanged, a tenant kept by the last swap (its throttle not lifted) is retried
+            if changed or target.tenants != self.config.tenants:
+                self._swap(target)
                 after = {t.name for t in self.discovered}
                 log.info("tenants_rediscovered", added=sorted(after - before),
                          removed=sorted(before - after), tenants=len(self.config.tenants))

@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -472,10 +473,23 @@ def test_a_throttle_that_cannot_be_lifted_keeps_its_tenant(k8s_daemon, logs, mon
     assert kept["tenants"] == ["batch-etl-1"]
     assert [e.key for e in d.engine.executor.active()] == ["io:batch-etl-1:8:16"]
     monkeypatch.undo()
-    d.reload()  # ...so that the next reload can lift the throttle and let the tenant go
+    d.next_discovery = 0.0
+    d.refresh()  # ...so that the next discovery (unchanged) lifts the throttle and lets it go
     assert "batch-etl-1" not in {t.name for t in d.engine.config.tenants}
     assert io_max.read_text() == ETL_IO_MAX
     assert d.engine.executor.active() == []
+
+
+def test_a_pod_whose_cgroup_is_gone_leaves_without_error(k8s_daemon, logs):
+    d, api, io_max = k8s_daemon
+    _throttle_etl(d, io_max)
+    shutil.rmtree(io_max.parent)  # the kubelet removed the pod's cgroup
+    api["doc"] = {"items": NODE_PODS["items"][:1]}
+    d.next_discovery = 0.0
+    d.refresh()
+    assert "batch-etl-1" not in {t.name for t in d.engine.config.tenants}
+    assert d.engine.executor.active() == []
+    assert not [e for e in logs if e["event"] in ("tenant_kept", "tenant_refresh_failed")]
 
 
 def test_discovery_failure(tmp_path, fake_api_server, monkeypatch, logs):
