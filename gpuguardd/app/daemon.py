@@ -67,6 +67,8 @@ class Daemon:
             self.base = new
         if self._discovering(new):
             self._rediscover(new)
+        else:
+            self.discovered = ()  # [kubernetes] turned off: only the file's tenants remain
         if new.vgpu.enabled and not self.config.vgpu.enabled:
             log.warning("vgpu_needs_restart", detail="[vgpu] enabled takes effect at the next "
                         "start; bands, cooldown and budget apply on reload")

@@ -432,6 +432,21 @@ def test_a_pod_gone_at_reload_loses_its_tenant_and_its_throttle(k8s_daemon, logs
     assert any(e["event"] == "restored" and e["key"] == "io:batch-etl-1:8:16" for e in logs)
 
 
+def test_turning_discovery_off_at_reload_drops_the_discovered_tenants(k8s_daemon):
+    d, api, io_max = k8s_daemon
+    _throttle_etl(d, io_max)
+    path = Path(d.config_path)
+    path.write_text(path.read_text().replace("enabled = true", "enabled = false"))
+    calls = len(api["seen"])
+    d.reload()
+    assert [t.name for t in d.engine.config.tenants] == ["static"]
+    assert len(api["seen"]) == calls
+    assert io_max.read_text() == ETL_IO_MAX
+    d.next_discovery = 0.0
+    d.refresh()  # off: the periodic discovery does not run either
+    assert len(api["seen"]) == calls
+
+
 def test_periodic_rediscovery_in_the_engine_loop(k8s_daemon):
     d, api, io_max = k8s_daemon
     _throttle_etl(d, io_max)
