@@ -7,15 +7,14 @@ Targets (exit 1 if one is missed):
   - six-model mix (etc/allocate-example.toml, two A100-SXM4-80GB): plan <= 75 % of the static
     total, every predicted p99 within its SLO, greedy within 5 % of the oracle
   - the planned shares, run in the simulator (gpuguardd simulate, policy static = no controller
-    actions), meet every SLO: both the plan from the default predictors and the plan from
-    predictors fitted on the synthetic profiler with the simulator's timing calibration
+    actions), meet every SLO, in each of the ``--sim-seeds`` runs (default seeds 1-4)
   - 1,000 tenants over 128 GPUs: greedy (memory, profiles, placement) < 1 s wall
   - 50 tenants: oracle < 30 s
 
 Profile data: the synthetic profiler (``gpuguardd.vgpu.synthetic``) unless ``--profile-csv``
-gives a CSV in the ``gpuguardd fit`` schema. The simulator has no closed-loop profiling client,
-so "simulator-calibrated" rows come from the synthetic profiler fed the simulator's constants
-(``sim_calibrated``), not from simulator runs.
+gives a CSV in the ``gpuguardd fit`` schema. The synthetic profiler's default constants are the
+simulator's timing calibration (tests/vgpu/test_synthetic.py keeps them equal); the simulator has
+no closed-loop profiling client, so the rows are not measured in simulator runs.
 """
 
 from __future__ import annotations
@@ -48,21 +47,6 @@ from gpuguardd.vgpu.profile_data import group, parse_csv  # noqa: E402
 A100 = GPUS["A100-SXM4-80GB"]
 SIX = ["Qwen3-0.6B", "Qwen3-1.7B", "Qwen3-4B", "Qwen3-8B", "DeepSeek-R1-Distill-Qwen-1.5B",
        "DeepSeek-R1-Distill-Qwen-7B"]
-
-
-def sim_calibrated() -> tuple[GpuSpec, synthetic.Calibration]:
-    """The synthetic profiler with the simulator's timing constants (gpuguardd/sim/data/
-    calibration.toml: effective FLOP/s and HBM bytes/s from splitwise's measured A100 timings,
-    8 µs per layer and iteration, no slice quantum, no small-batch inefficiency)."""
-    cal = tomllib.loads((ROOT / "gpuguardd" / "sim" / "data" / "calibration.toml").read_text())
-    g = cal["gpu"][A100.name]
-    layer_s = cal["overhead"]["layer_s"]
-    spec = GpuSpec(A100.name, A100.memory_bytes, A100.peak_flops, g["hbm_eff_bps"],
-                   A100.pcie_bps)
-    return spec, synthetic.Calibration(
-        prefill_efficiency=g["flops_eff"] / A100.peak_flops, efficiency_half_tokens=0.0,
-        slice_quantum_s=0.0, prefill_host_s=32 * layer_s, decode_host_s=32 * layer_s,
-        decode_compute_efficiency=1.0)
 
 
 def predictors(
@@ -129,12 +113,12 @@ def mix(preds: dict[tuple[str, str], Predictor]) -> tuple[dict[str, Any], alloca
     }, g
 
 
-def simulate(plan: allocator.Plan, use_static: bool, tmp: Path, seconds: int = 600
-             ) -> dict[str, Any]:
+def simulate(plan: allocator.Plan, use_static: bool, tmp: Path, seconds: int = 600,
+             seed: int = 1) -> dict[str, Any]:
     """Run the planned (or the static) shares in the simulator, no controller actions
     (policy static), on GPUs 0-1 of a p4de (A100-SXM4-80GB) host."""
     topo = Path(os.environ.get("GPUGUARDD_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    lines = ["[scenario]", 'name = "vgpu-six-mix"', f"seconds = {seconds}", "seed = 1",
+    lines = ["[scenario]", 'name = "vgpu-six-mix"', f"seconds = {seconds}", f"seed = {seed}",
              "[host]", f'topology = "{topo / "topology" / "p4de-24xl-topo.xml"}"',
              'gpu = "A100-SXM4-80GB"']
     for t in mix_tenants():
@@ -259,36 +243,32 @@ def main() -> int:
     ap.add_argument("--profile-csv", type=Path)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--sim-seconds", type=int, default=600)
+    ap.add_argument("--sim-seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     args = ap.parse_args()
     preds, quality, fit_s = predictors(args.profile_csv)
-    spec, cal = sim_calibrated()
-    sim_preds, sim_quality, _ = predictors(None, spec, cal)
     res: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"{platform.python_implementation()} {platform.python_version()}",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "predictors": quality, "predictors_sim_calibrated": sim_quality, "fit_s": round(fit_s, 2),
+        "predictors": quality, "fit_s": round(fit_s, 2),
     }
     res["mix"], plan = mix(preds)
-    res["mix_sim_calibrated"], sim_plan = mix(sim_preds)
     with tempfile.TemporaryDirectory() as tmp:
-        res["sim_plan"] = simulate(plan, False, Path(tmp), args.sim_seconds)
-        res["sim_plan_sim_calibrated"] = simulate(sim_plan, False, Path(tmp), args.sim_seconds)
+        res["sim_plan"] = {f"seed {s}": simulate(plan, False, Path(tmp), args.sim_seconds, s)
+                           for s in args.sim_seeds}
         res["sim_static"] = simulate(plan, True, Path(tmp), args.sim_seconds)
         res["scale"] = scale(preds)
         res["cli_1000"] = cli_1000(Path(tmp))
     res["oracle50"] = oracle50(preds)
-    every_fit = [*quality.values(), *sim_quality.values()]
+    every_fit = list(quality.values())
     checks = {
         "ttft_r2>=0.9": all(q["ttft"]["r2"] >= 0.9 for q in every_fit),
         "tpot_r2>=0.95": all(q["tpot"]["r2"] >= 0.95 for q in every_fit),
         "saving>=25%": res["mix"]["saving_vs_static"] >= 0.25,
         "predicted_slos_met": res["mix"]["all_predicted_slos_met"],
-        "simulator_slos_met": (res["sim_plan"]["all_slos_met"]
-                               and res["sim_plan_sim_calibrated"]["all_slos_met"]),
-        "gap<=5%": max(res["mix"]["gap_to_oracle"],
-                       res["mix_sim_calibrated"]["gap_to_oracle"]) <= 0.05,
+        "simulator_slos_met": all(r["all_slos_met"] for r in res["sim_plan"].values()),
+        "gap<=5%": res["mix"]["gap_to_oracle"] <= 0.05,
         "1000_tenants<1s": res["scale"]["greedy_wall_s_median"] < 1.0,
         "oracle50<30s": all(v["oracle_s"] < 30.0 for v in res["oracle50"].values()),
     }

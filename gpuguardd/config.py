@@ -172,7 +172,8 @@ class PolicyConfig:
         lo=0.0,
     )
     lever_memory_s: float = _f(
-        900.0, "a lever whose trial failed is not retried for the same victim for this long, s",
+        900.0, "a lever whose trial failed is not retried for the same victim for this long "
+        "(doubling with each further failure), seconds",
         lo=0.0,
     )
 
@@ -201,6 +202,89 @@ class HooksConfig:
 
 
 @dataclass(frozen=True)
+class TenantVgpuConfig:
+    """A HAMi vGPU tenant whose compute share the daemon sizes (``[vgpu] enabled = true``)."""
+
+    model: str | None = _f(None, "built-in model name (or the label of model_config)")
+    model_config: str | None = _f(
+        None, "absolute path to the model's Hugging Face config.json")
+    prompt_tokens: int = _f(1024, "typical prompt length, tokens", lo=1, hi=1_000_000)
+    prompt_tokens_p99: int | None = _f(
+        None, "99th percentile of the prompt length, tokens (default: prompt_tokens)",
+        lo=1, hi=10_000_000)
+    output_tokens: int = _f(128, "typical output length, tokens", lo=1, hi=1_000_000)
+    max_batch: int = _f(32, "most concurrent sequences the engine runs (max_num_seqs)",
+                        lo=1, hi=256)
+    pod_uid: str | None = _f(None, "HAMi: the pod's UID (with container): the region directory "
+                                   "is <hami_root>/<pod_uid>_<container>")
+    container: str | None = _f(None, "HAMi: the container name within the pod")
+    region_dir: str | None = _f(
+        None, "HAMi: the region directory relative to [vgpu] hami_root, instead of "
+        "pod_uid + container")
+    device: int = _f(0, "index of the tenant's GPU within its HAMi region", lo=0, hi=15)
+    initial_share_pct: int | None = _f(
+        None, "share the tenant starts with, percent (default: the observed share, else 100)",
+        lo=1, hi=100)
+    memory_bytes: int | None = _f(
+        None, "HAMi memory limit, bytes (default: estimated from the model, prompt/output "
+        "tokens and max_batch)", lo=1)
+    k8s_namespace: str | None = _f(None, "Kubernetes namespace of the owning workload (for the "
+                                         "patch plan shown in /status)")
+    k8s_owner: str | None = _f(None, "owning workload as kind/name, e.g. 'Deployment/qwen'")
+    k8s_container_index: int = _f(0, "index of the container in the pod template", lo=0,
+                                  hi=255)
+
+
+@dataclass(frozen=True)
+class VgpuConfig:
+    enabled: bool = _f(False, "size HAMi compute shares of [tenant.vgpu] tenants at run time")
+    predictors: str | None = _f(
+        None, "predictors JSON written by `gpuguardd fit` (default: built-in predictors fitted "
+        "on the synthetic profile)")
+    gpu_model: str | None = _f(
+        None, "GPU model for the predictors, e.g. 'A100-SXM4-80GB' (default: the name NVML "
+        "reports for the tenant's GPU)")
+    hami_root: str = _f("/usr/local/vgpu/containers",
+                        "host directory holding HAMi-core's <pod_uid>_<container> region dirs")
+    demand_window_s: float = _f(
+        60.0, "demand = first tokens counted over this window, seconds (longer: steadier, "
+        "slower to react)", lo=2.0, hi=3600.0)
+    demand_band: float = _f(0.2, "relative demand change that justifies lowering a share",
+                            lo=0.0, hi=10.0)
+    activity_band: float = _f(0.1, "absolute co-runner activity change that justifies lowering "
+                                   "a share", lo=0.0, hi=1.0)
+    lower_band_pct: int = _f(3, "lowering by fewer points is not worth a restart, percent",
+                             lo=1, hi=100)
+    headroom_pct: int = _f(2, "kept above the requirement when lowering, percent", lo=0, hi=50)
+    cooldown_s: float = _f(300.0, "minimum time between two share changes of one tenant, s",
+                           lo=0.0, hi=86_400.0)
+    restart_budget_per_hour: int = _f(
+        6, "share changes (each restarts a tenant) per rolling hour, whole host", lo=0, hi=600)
+
+
+@dataclass(frozen=True)
+class KubernetesConfig:
+    """Tenants discovered from the pods of this node (``gpuguard.io/*`` annotations)."""
+
+    enabled: bool = _f(False, "discover tenants from the kubelet and the API server at start, "
+                              "on reload and every refresh_s (needs gpuguardd[kubernetes])")
+    pod_resources_socket: str = _f("/var/lib/kubelet/pod-resources/kubelet.sock",
+                                   "the kubelet's PodResources v1 gRPC socket")
+    node_name_env: str = _f("NODE_NAME", "environment variable holding this node's name "
+                                         "(the downward API's spec.nodeName)")
+    api_server: str = _f("", "API server base URL (e.g. a kubectl proxy); \"\": in-cluster, "
+                             "with the pod's service account")
+    latency_namespaces: list[str] = _f(
+        [], "namespaces whose pods may declare gpuguard.io/class = latency (protected); "
+        "elsewhere such pods are skipped")
+    namespaces: list[str] | None = _f(None, "discover only pods of these namespaces "
+                                            "(default: all)")
+    refresh_s: float = _f(60.0, "rediscovery period, seconds", lo=5.0, hi=86_400.0)
+    timeout_s: float = _f(2.0, "timeout of each kubelet and API server request, seconds",
+                          lo=0.1, hi=30.0)
+
+
+@dataclass(frozen=True)
 class TenantConfig:
     name: str = _required("tenant name, [a-z0-9_-]{1,63}")
     tenant_class: Literal["latency", "batch"] = _f(
@@ -217,6 +301,8 @@ class TenantConfig:
         default_factory=LatencySourceConfig, metadata={"doc": "latency source"}
     )
     hooks: HooksConfig = field(default_factory=HooksConfig, metadata={"doc": "tenant hooks"})
+    vgpu: TenantVgpuConfig | None = field(
+        default=None, metadata={"doc": "HAMi vGPU share sizing (needs [vgpu] enabled)"})
 
     @property
     def may_restart(self) -> bool:
@@ -234,6 +320,10 @@ class Config:
         default_factory=ControlConfig, metadata={"doc": "operator control socket"}
     )
     policy: PolicyConfig = field(default_factory=PolicyConfig, metadata={"doc": "ladder"})
+    vgpu: VgpuConfig = field(default_factory=VgpuConfig,
+                             metadata={"doc": "vGPU (HAMi) share allocator"})
+    kubernetes: KubernetesConfig = field(
+        default_factory=KubernetesConfig, metadata={"doc": "Kubernetes tenant discovery"})
     tenants: tuple[TenantConfig, ...] = field(default=(), metadata={"doc": "tenants"})
 
     def tenant(self, name: str) -> TenantConfig | None:
@@ -411,12 +501,64 @@ def _check_semantics(cfg: Config, errors: list[str]) -> None:
         for j, dev in enumerate(t.devices):
             if not re.match(r"^\d+:\d+$", dev):
                 errors.append(f"{p}.devices[{j}]: {dev!r} is not MAJ:MIN")
+        if t.vgpu is not None:
+            _check_vgpu_tenant(t, f"{p}.vgpu", errors)
+    root = cfg.vgpu.hami_root
+    if not root.startswith("/") or "\0" in root or ".." in root.split("/"):
+        errors.append(f"vgpu.hami_root: {root!r} must be an absolute path without '..'")
+    if cfg.vgpu.enabled and not any(t.vgpu is not None for t in cfg.tenants):
+        errors.append("vgpu.enabled: no tenant has a [tenant.vgpu] table")
+    k8s = cfg.kubernetes
+    if k8s.enabled and not k8s.pod_resources_socket.startswith("/"):
+        errors.append(f"kubernetes.pod_resources_socket: {k8s.pod_resources_socket!r} must be "
+                      "an absolute path")
+    if k8s.api_server and not k8s.api_server.startswith(("http://", "https://")):
+        errors.append(f"kubernetes.api_server: {k8s.api_server!r} is not an http(s) URL")
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k8s.node_name_env):
+        errors.append(f"kubernetes.node_name_env: {k8s.node_name_env!r} is not an environment "
+                      "variable name")
     sock = cfg.control.socket
     if sock and (not sock.startswith("/") or "\0" in sock or len(sock.encode()) > 107):
         errors.append(f"control.socket: {sock!r} must be an absolute path of at most 107 bytes")
     host, _, port = cfg.metrics.listen.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         errors.append(f"metrics.listen: {cfg.metrics.listen!r} is not host:port")
+
+
+def _check_vgpu_tenant(t: TenantConfig, p: str, errors: list[str]) -> None:
+    from gpuguardd.model.llm import BUILTIN
+
+    v = t.vgpu
+    assert v is not None
+    if v.model_config is not None and not v.model_config.startswith("/"):
+        errors.append(f"{p}.model_config: {v.model_config!r} must be an absolute path")
+    if v.model_config is None:
+        if v.model is None:
+            errors.append(f"{p}: needs model (built-in) or model_config")
+        elif v.model not in BUILTIN:
+            errors.append(f"{p}.model: unknown built-in model {v.model!r}; known: "
+                          f"{', '.join(sorted(BUILTIN))} (or give model_config)")
+    if v.prompt_tokens_p99 is not None and v.prompt_tokens_p99 < v.prompt_tokens:
+        errors.append(f"{p}.prompt_tokens_p99: must be >= prompt_tokens ({v.prompt_tokens})")
+    if t.slo.ttft_p99_ms is None and t.slo.tpot_p99_ms is None:
+        errors.append(f"{p.rsplit('.', 1)[0]}.slo: a vGPU tenant needs ttft_p99_ms or "
+                      "tpot_p99_ms")
+    if (v.pod_uid is None) != (v.container is None):
+        errors.append(f"{p}: pod_uid and container go together")
+    if v.region_dir is not None and v.pod_uid is not None:
+        errors.append(f"{p}.region_dir: give region_dir or pod_uid + container, not both")
+    for key, part in (("pod_uid", v.pod_uid), ("container", v.container)):
+        if part is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$", part):
+            errors.append(f"{p}.{key}: {part!r} is not a pod UID / container name")
+    if v.region_dir is not None:
+        d = v.region_dir
+        if (not d.strip("/") or d.startswith("/") or ".." in d.split("/") or "\0" in d):
+            errors.append(f"{p}.region_dir: {d!r} must be a relative path below "
+                          "vgpu.hami_root without '..'")
+    if (v.k8s_owner is not None) and not re.match(r"^[A-Za-z]+/[a-z0-9.-]{1,253}$", v.k8s_owner):
+        errors.append(f"{p}.k8s_owner: {v.k8s_owner!r} is not kind/name")
+    if (v.k8s_owner is None) != (v.k8s_namespace is None):
+        errors.append(f"{p}: k8s_namespace and k8s_owner go together")
 
 
 def from_dict(data: Mapping[str, Any]) -> Config:
@@ -470,6 +612,8 @@ def reference() -> str:
             key = toml_key(f.name)
             tp = hints[f.name]
             inner = get_args(tp)[0] if get_origin(tp) is tuple else tp
+            if get_origin(inner) in (Union, types.UnionType):  # an optional table
+                inner = next(a for a in get_args(inner) if a is not type(None))
             if dataclasses.is_dataclass(inner) and isinstance(inner, type):
                 table = f"[[{prefix}{key}]]" if get_origin(tp) is tuple else f"[{prefix}{key}]"
                 lines.append(f"\n### `{table}`\n")

@@ -64,6 +64,12 @@ ttft_p99_ms = "fast"
     ('[daemon]\ndry_run = 1', "daemon.dry_run: expected boolean, got integer 1"),
     ('[metrics]\nlisten = "nowhere"', "metrics.listen: 'nowhere' is not host:port"),
     ('[policy]\nname = "yolo"', "policy.name: must be one of"),
+    ('[kubernetes]\nrefresh_s = 1', "kubernetes.refresh_s: must be >= 5.0, got 1.0"),
+    ('[kubernetes]\nenabled = true\npod_resources_socket = "k.sock"',
+     "kubernetes.pod_resources_socket: 'k.sock' must be an absolute path"),
+    ('[kubernetes]\napi_server = "10.0.0.1:6443"', "kubernetes.api_server: '10.0.0.1:6443' is"),
+    ('[kubernetes]\nnode_name_env = "NODE-NAME"', "kubernetes.node_name_env: 'NODE-NAME' is"),
+    ('[kubernetes]\nlatency_namespaces = "llm"', "kubernetes.latency_namespaces: expected an"),
     ('[daemon', "TOML syntax"),
     ('daemon = 3', "daemon: expected a table, got integer 3"),
 ])

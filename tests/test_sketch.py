@@ -53,3 +53,14 @@ def test_histogram_bucket_deltas_land_inside_their_bucket():
     q = s.quantile(0.5)
     assert q is not None and 0.01 < q <= 0.02 * (1 + ALPHA)
     assert s.quantile(1.0) == s.quantile(0.999)
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples, st.floats(min_value=1e-5, max_value=1e3))
+def test_count_above_agrees_with_the_quantiles(xs, x):
+    sk = FrozenSketch.of(xs)
+    k = sk.count_above(x)
+    # the samples above x are exactly the ranks whose reported quantile exceeds x
+    ranks = [r for r in range(1, sk.count + 1) if (sk.quantile((r - 0.5) / sk.count) or 0) > x]
+    assert k == len(ranks)
+    assert abs(k - sum(v > x for v in xs)) <= sum(abs(v - x) <= 2 * ALPHA * x for v in xs)

@@ -18,6 +18,10 @@ def register(sub: Any) -> None:
 def handle(args: argparse.Namespace) -> int:
     try:
         cfg = config.load(args.file)
+        if cfg.vgpu.enabled:  # the files it names, the GPU model: what the daemon checks at start
+            from gpuguardd.runtime.engine import policy_for
+
+            policy_for(cfg).initial(cfg)
     except config.ConfigError as e:
         for err in e.errors:
             print(f"{args.file}: {err}", file=sys.stderr)

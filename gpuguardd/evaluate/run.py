@@ -16,7 +16,7 @@ from typing import Any
 
 from gpuguardd.config import POLICIES, Config
 from gpuguardd.model.actions import Result
-from gpuguardd.runtime.engine import Engine, TickReport, ladder_policy
+from gpuguardd.runtime.engine import Engine, TickReport, policy_for
 from gpuguardd.runtime.executor import Executor
 from gpuguardd.runtime.journal import Journal
 from gpuguardd.sim.scenario import Scenario, load_scenario
@@ -59,7 +59,7 @@ def simulate(
     timeline: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gpuguardd-simulate-") as state_dir:
         executor = Executor(host, Journal(state_dir, wall_clock_now=0.0, durable=False))
-        engine = Engine(host, executor, cfg, ladder_policy())
+        engine = Engine(host, executor, cfg, policy_for(cfg))
         interval = cfg.daemon.interval_s
         now, end = 0.0, float(scenario.seconds)
         while now <= end:

@@ -321,9 +321,10 @@ def read_line(conn: socket.socket, limit: int, timeout_s: float) -> bytes:
 
 
 class ControlServer:
-    """Binds at construction (so that a bad path fails the start), serves after ``start``."""
+    """Binds at construction (so that a bad path or a running daemon fails the start early),
+    serves after ``start``. ``api`` may be attached after binding (``attach``)."""
 
-    def __init__(self, path: str, api: ControlApi, *, max_request_bytes: int = 4096,
+    def __init__(self, path: str, api: ControlApi | None, *, max_request_bytes: int = 4096,
                  timeout_s: float = 5.0, allowed_uids: frozenset[int] | None = None):
         self.path = Path(path)
         self.api = api
@@ -371,6 +372,9 @@ class ControlServer:
             raise
         return sock
 
+    def attach(self, api: ControlApi) -> None:
+        self.api = api
+
     def start(self) -> None:
         self._thread.start()
 
@@ -415,6 +419,8 @@ class ControlServer:
                         req = json.loads(line)
                     except (UnicodeDecodeError, json.JSONDecodeError) as e:
                         raise ControlError(f"not a JSON object: {e}") from None
+                    if self.api is None:
+                        raise ControlError("the daemon is starting")
                     answer: dict[str, Any] = {"ok": True, "result": self.api.handle(req)}
                 except ControlError as e:
                     answer = {"ok": False, "error": str(e)}

@@ -138,6 +138,12 @@ class GpuguardCollector(Collector):
         yield level
         yield viol
         yield known
+        shares = GaugeMetricFamily("gpuguard_tenant_vgpu_share_ratio",
+                                   "HAMi compute share the vGPU planner holds for the tenant",
+                                   labels=["tenant"])
+        for name, pct in sorted(getattr(report.state, "vgpu_shares", {}).items()):
+            shares.add_metric([name], pct / 100.0)
+        yield shares
         changes = CounterMetricFamily("gpuguard_level_changes", "escalation level changes")
         changes.add_metric([], float(getattr(report.state, "level_changes_total", 0)))
         yield changes

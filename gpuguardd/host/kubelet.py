@@ -28,7 +28,7 @@ import re
 import ssl
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -400,9 +400,19 @@ def tenant_from_pod(pod: PodInfo, allocs: Sequence[ContainerAllocation],
 
 
 def discover(allocs: Iterable[ContainerAllocation], pods: Iterable[PodInfo], *,
-             cgroup_root: Path = Path("/sys/fs/cgroup")) -> Discovery:
+             cgroup_root: Path = Path("/sys/fs/cgroup"),
+             latency_namespaces: Collection[str] = (),
+             namespaces: Collection[str] | None = None,
+             reserved_names: Collection[str] = ()) -> Discovery:
     """Tenants for the opted-in pods of this node. A pod that cannot be a tenant is skipped
-    with the reason, never guessed at; a tenant name claimed twice keeps the first pod."""
+    with the reason, never guessed at; a tenant name claimed twice keeps the first pod.
+
+    Annotations are written by pod owners, who are not trusted (SECURITY.md): a pod that calls
+    itself ``latency`` makes the daemon throttle and move its neighbours for it. So
+    ``latency`` is honoured only in the operator's ``latency_namespaces`` (none by default);
+    ``namespaces`` (None: all) limits discovery altogether; ``reserved_names`` (the statically
+    configured tenants) cannot be claimed by a pod.
+    """
     allocs = list(allocs)
     tenants: list[TenantConfig] = []
     gpus: dict[str, tuple[str, ...]] = {}
@@ -411,12 +421,19 @@ def discover(allocs: Iterable[ContainerAllocation], pods: Iterable[PodInfo], *,
         ref = f"{pod.namespace}/{pod.name}"
         if not any(k.startswith(ANNOTATION) for k in pod.annotations):
             continue  # not ours to mention
+        if namespaces is not None and pod.namespace not in namespaces:
+            skipped.append((ref, f"namespace {pod.namespace!r} is not discovered"))
+            continue
         try:
             tenant, devices = tenant_from_pod(pod, allocs, cgroup_root)
         except ValueError as e:
             skipped.append((ref, str(e)))
             continue
-        if tenant.name in gpus:
+        if tenant.tenant_class == "latency" and pod.namespace not in latency_namespaces:
+            skipped.append((ref, f"class latency is not allowed in namespace {pod.namespace!r} "
+                                 "(operator's latency namespaces)"))
+            continue
+        if tenant.name in gpus or tenant.name in reserved_names:
             skipped.append((ref, f"tenant name {tenant.name!r} already taken"))
             continue
         tenants.append(tenant)

@@ -26,6 +26,7 @@ import structlog
 
 from gpuguardd.config import Config, TenantConfig
 from gpuguardd.host.cgroup_io import CgroupIo, CgroupVersion, parse_diskstats
+from gpuguardd.host.hami import MIB, HamiError, HamiRegion, WriteResult, k8s_patch_plan
 from gpuguardd.host.latency import PromScraper, ScrapeResult
 from gpuguardd.host.nvml import Nvml, NvmlTick
 from gpuguardd.host.paths import HostPaths
@@ -96,6 +97,7 @@ class RealHost:
             log.warning("io_lever_unavailable", reason=str(e))
             self.cgroups = None
         self.hooks = TenantHooks(config.daemon.state_dir)
+        self._regions: dict[Path, HamiRegion] = {}  # keep each region's original values
         self._tenants: dict[str, _TenantState] = {t.name: _TenantState() for t in config.tenants}
         self.push: PushReceiver | None = None
         self._scrapers: dict[str, PromScraper] = {}
@@ -393,11 +395,109 @@ class RealHost:
                  uuid=inst.uuid)
         return inst
 
+    def _hami_dir(self, t: TenantConfig) -> Path:
+        """The tenant's HAMi region directory, which must stay below ``[vgpu] hami_root``
+        (symlinks included)."""
+        v = t.vgpu
+        if v is None:
+            raise LeverError(f"tenant {t.name} has no [tenant.vgpu] table", permanent=True)
+        root = Path(self.config.vgpu.hami_root)
+        if v.region_dir is not None:
+            d = root / v.region_dir
+        elif v.pod_uid is not None and v.container is not None:
+            d = root / f"{v.pod_uid}_{v.container}"
+        else:
+            raise LeverError(f"tenant {t.name}: [tenant.vgpu] names no HAMi region (pod_uid + "
+                             "container, or region_dir)", permanent=True)
+        try:
+            inside = d.resolve().is_relative_to(root.resolve())
+        except OSError as e:
+            raise LeverError(f"{d}: {e}", retry_after_s=30.0) from None
+        if not inside:
+            raise LeverError(f"{d} leaves vgpu.hami_root {root}", permanent=True)
+        return d
+
+    def get_vgpu(self, tenant: str) -> dict[str, int] | None:
+        """The share and memory limit in the tenant's region before our first write (the
+        executor journals them), or None when there is no region to read."""
+        try:
+            d = self._hami_dir(self._tenant(tenant))
+            files = sorted(d.glob("*.cache"))
+        except (LeverError, OSError):
+            return None
+        v = self._tenant(tenant).vgpu
+        device = v.device if v is not None else 0
+        for f in files:
+            region = self._regions.setdefault(f, HamiRegion(f))
+            try:
+                r = region.read(procs=False)
+            except HamiError:
+                continue
+            sm = region.originals.get(("sm_limit", device), r.sm_limit_pct[device])
+            mem = region.originals.get(("limit", device), r.limit_bytes[device])
+            return {"share_pct": sm, "memory_bytes": mem}
+        return None
+
     def set_vgpu(self, tenant: str, compute_pct: int, memory_bytes: int) -> None:
-        self._tenant(tenant)
-        self._count("vgpu")
-        raise LeverError("vGPU (HAMi) lever is not available on this host backend yet",
-                         permanent=True)
+        """HAMi-core: ``limit[i]`` is written live (the next allocation honours it), then
+        ``sm_limit[i]``, which HAMi-core reads once per process start, so the tenant is
+        restarted through its restart hook with ``CUDA_DEVICE_SM_LIMIT`` and
+        ``CUDA_DEVICE_MEMORY_LIMIT`` in its environment (for a process whose region is created
+        afresh). A failed restart puts the region values back: the share is then not set."""
+        t = self._tenant(tenant)
+        try:
+            if not t.may_restart:
+                raise LeverError(f"tenant {tenant} is not restartable: HAMi-core reads sm_limit "
+                                 "only when the process starts", permanent=True)
+            d = self._hami_dir(t)
+            assert t.vgpu is not None
+            device = t.vgpu.device
+            files = sorted(d.glob("*.cache")) if d.is_dir() else []
+            if not files:
+                raise LeverError(f"{d}: no HAMi region file (*.cache) yet: has the container "
+                                 "started a CUDA process?", retry_after_s=30.0)
+            done: list[tuple[HamiRegion, WriteResult]] = []
+            try:
+                for f in files:
+                    region = self._regions.setdefault(f, HamiRegion(f))
+                    done.append((region, region.set_memory_limit(device, memory_bytes)))
+                    done.append((region, region.set_sm_limit(device, compute_pct)))
+                env = {"CUDA_DEVICE_SM_LIMIT": str(compute_pct),
+                       "CUDA_DEVICE_MEMORY_LIMIT": f"{-(-memory_bytes // MIB)}m"}
+                self.hooks.run(t, "restart", env)
+            except (HamiError, LeverError) as e:
+                self._undo(done)
+                if isinstance(e, HamiError):
+                    raise LeverError(str(e), permanent=e.permanent,
+                                     retry_after_s=30.0) from None
+                raise
+        except LeverError:
+            self._count("vgpu")
+            raise
+        v = t.vgpu
+        patch = None
+        if v.k8s_owner is not None and v.k8s_namespace is not None and v.container is not None:
+            # the restart keeps the pod; the operator's patch keeps the share past its re-creation
+            kind, _, owner = v.k8s_owner.partition("/")
+            patch = k8s_patch_plan(namespace=v.k8s_namespace, owner_kind=kind, owner_name=owner,
+                                   container=v.container, container_index=v.k8s_container_index,
+                                   share_pct=compute_pct, memory_bytes=memory_bytes)
+        log.info("vgpu_set", tenant=tenant, share_pct=compute_pct, memory_bytes=memory_bytes,
+                 regions=len(files), k8s_patch=patch)
+
+    @staticmethod
+    def _undo(done: list[tuple[HamiRegion, WriteResult]]) -> None:
+        for region, w in reversed(done):
+            if not w.changed:
+                continue
+            try:
+                if w.field == "limit":
+                    region.set_memory_limit(w.device, w.old)
+                else:
+                    region.set_sm_limit(w.device, w.old)
+            except HamiError as e:
+                log.error("vgpu_undo_failed", region=str(region.path), field=w.field,
+                          error=str(e))
 
     # -- exporter hooks --------------------------------------------------------------------------
     def push_rejected_total(self) -> dict[str, int]:

@@ -111,6 +111,10 @@ class FrozenSketch:
     def quantiles(self, *qs: float) -> list[float | None]:
         return _quantiles(self.items, self.count, qs)
 
+    def count_above(self, x: float) -> int:
+        """Samples whose bucket value exceeds ``x`` (within the relative accuracy)."""
+        return sum(n for k, n in self.items if _value(k) > x)
+
     @property
     def mean(self) -> float | None:
         return self.total / self.count if self.count else None

@@ -44,10 +44,14 @@ ANONYMOUS_WEIGHT = 0.9
 #: switch) acts on its transfers directly; a shared root complex less so; a shared NUMA node only
 #: through host memory, page cache and CPUs
 RELATION_WEIGHT: dict[str, float] = {
-    "instance": 1.0, "gpu": 1.0, "switch": 1.0, "root": 0.7, "numa": 0.4,
+    "instance": 1.0, "gpu": 1.0, "switch": 1.0, "root": 0.4, "numa": 0.4, "disk": 1.0,
 }
+#: Scale for the pressure a tenant puts on a block device the victim also uses. Topology does
+#: not know a disk's bandwidth, so pressure is relative to a nominal NVMe-class 1 GB/s
+#: (``pressure`` saturates in the score; correlation does the ranking).
+DISK_NOMINAL_BPS = 1e9
 
-#: an IRQ burst of IRQ_BURST x the node's median above it reads as pressure 1
+#: an IRQ burst of IRQ_BURST x the node's normal rate above it reads as pressure 1
 IRQ_BURST = 3.0
 #: interrupts/s below which a node's rate is idle noise
 IRQ_FLOOR = 1000.0
@@ -137,16 +141,19 @@ Signal = Callable[[TickRates], float | None]
 
 def _smoothed(history: Sequence[TickRates], signal: Signal, window_s: float) -> list[float | None]:
     """The signal averaged over the same window as the victim's tail (which lags its cause)."""
+    values = [signal(h) for h in history]
     out: list[float | None] = []
+    lo, total, count = 0, 0.0, 0
     for i, h in enumerate(history):
-        vals = [
-            v
-            for j in range(i, -1, -1)
-            if history[j].at > h.at - window_s
-            for v in (signal(history[j]),)
-            if v is not None
-        ]
-        out.append(sum(vals) / len(vals) if vals else None)
+        v = values[i]
+        if v is not None:
+            total, count = total + v, count + 1
+        while history[lo].at <= h.at - window_s:
+            old = values[lo]
+            if old is not None:
+                total, count = total - old, count - 1
+            lo += 1
+        out.append(total / count if count else None)
     return out
 
 
@@ -245,15 +252,21 @@ def diagnose(
     device), not the rate the throttle lets through: the throttle hides it, it did not go away.
     """
     vt = snapshot.tenants.get(victim)
-    if vt is None or vt.placement is None or not history:
+    if vt is None or not history:
         return Diagnosis("unknown", ())
     topo = snapshot.topology
+    # A victim without a (known) GPU - a host-level tenant, or a host without GPUs - still
+    # shares the block devices it does I/O on: that is the only relation it can have.
     vp = vt.placement
-    try:
-        topo.gpu(vp.gpu)
-    except KeyError:
+    if vp is not None:
+        try:
+            topo.gpu(vp.gpu)
+        except KeyError:
+            vp = None
+    victim_disks = {c.device for c in vt.io if c.rbytes or c.wbytes}
+    if vp is None and not victim_disks:
         return Diagnosis("unknown", ())
-    link = link_bps(topo, vp.gpu)
+    link = link_bps(topo, vp.gpu) if vp is not None else DISK_NOMINAL_BPS
     moves = moved_at or {}
     now_ratio = history[-1].ratio.get(victim)
     excess = now_ratio - recovery_bound if now_ratio is not None else 0.0
@@ -298,19 +311,24 @@ def diagnose(
         named = not is_protected(o, protected)
         rel = None
         try:
-            rel = relation(topo, vp, o.placement) if o.placement is not None else None
+            if vp is not None and o.placement is not None:
+                rel = relation(topo, vp, o.placement)
         except KeyError:
             rel = None
-        # block I/O: the bytes land in host memory and (for a GPU job) cross its GPU link
+        # block I/O: the bytes land in host memory and (for a GPU job) cross its GPU link;
+        # on a disk the victim itself uses they also queue in front of the victim's own I/O
         for dev in sorted({c.device for c in o.io}):
-            drel = rel or device_relation(topo, vp, dev)
+            drel = rel or (device_relation(topo, vp, dev) if vp is not None else None)
+            if drel is None and dev in victim_disks:
+                drel = ("disk", f"same disk {dev}")
             if drel is None or not named:
                 continue
             kind, text = drel
-            cause = "io" if kind == "numa" else "pcie"
+            cause = "io" if kind in ("numa", "disk") else "pcie"
+            cap = DISK_NOMINAL_BPS if kind == "disk" else link
             hidden = (latent_bps or {}).get((o.name, dev), 0.0)
             for direction, label in (("r", "disk read"), ("w", "disk write")):
-                add(o.name, cause, label, text, _io_signal(o.name, dev, direction), link,
+                add(o.name, cause, label, text, _io_signal(o.name, dev, direction), cap,
                     RELATION_WEIGHT[kind], latent=hidden if direction == "r" else 0.0)
         if rel is None or o.placement is None:
             continue
@@ -333,14 +351,20 @@ def diagnose(
             sig_sm, sig_dram = _compute_signals(op)
             add(o.name, "compute", "SM", text, sig_sm, 1.0, need_r=AMBIGUOUS_R)
             add(o.name, "membw", "DRAM", text, sig_dram, 1.0, need_r=AMBIGUOUS_R)
+    if vp is None:
+        return _rank(found)
     if anon_pcie_gpus:
         gpus = tuple(sorted(set(anon_pcie_gpus)))
         sw = topo.gpu(vp.gpu).switch or topo.gpu(vp.gpu).root
         add(None, "pcie", "PCIe", f"GPUs {','.join(map(str, gpus))} behind {sw}",
             _sum_pcie_signal(gpus), link)
     numa = topo.gpu(vp.gpu).numa_node
-    med = _irq_median(history, numa)
+    med = _irq_normal(history, numa)
     add(None, "host", "IRQ", f"CPUs of NUMA {numa}", _irq_excess(numa, med), IRQ_BURST * med)
+    return _rank(found)
+
+
+def _rank(found: list[Suspect]) -> Diagnosis:
     # at equal evidence the disk signal speaks for a tenant: it names the cheapest lever
     found.sort(key=lambda s: (-round(s.score, 9), s.tenant is None, s.tenant or "",
                               not s.signal.startswith("disk"), s.signal))
@@ -412,6 +436,8 @@ def _irq_excess(numa: int, median: float) -> Signal:
     return f
 
 
-def _irq_median(history: Sequence[TickRates], numa: int) -> float:
+def _irq_normal(history: Sequence[TickRates], numa: int) -> float:
+    """The node's normal IRQ rate: the lower quintile of its history (bursts may fill half of
+    it, so the median could be a burst)."""
     vals = sorted(h.irq_numa[numa] for h in history if numa in h.irq_numa)
-    return max(vals[len(vals) // 2], IRQ_FLOOR) if vals else IRQ_FLOOR
+    return max(vals[len(vals) // 5], IRQ_FLOOR) if vals else IRQ_FLOOR

@@ -2,14 +2,24 @@
 
 Per protected tenant (victim):
 
-    detect   windowed p99 vs SLO -> violating / dead-band / calm / unknown
-    trial    eval_period_s after an action: improved (p99 <= (1 - min_improvement) x p99 at the
-             action, or within the SLO) -> keep; otherwise revert it and remember it failed
-    escalate violating for violation_windows ticks, no trial running, level dwell passed:
-             tighten an io throttle still above its floor, else diagnose and apply the cheapest
-             lever that addresses the cause and has not failed recently
-    relax    calm (p99 < (1 - recovery_margin) x SLO) for recovery_dwell_s: undo one step of the
-             highest lever (relax a throttle one step, lift an MPS limit, retire a placement)
+    detect   windowed p99 vs SLO -> violating / dead-band / calm / unknown; act only after
+             violation_windows violating ticks whose last window is significantly above the
+             1 % a p99 allows (binomial test), so a lone excursion of a few samples waits
+    trial    eval_period_s after an action took effect (after the restart or move completed):
+             improved (p99 <= (1 - min_improvement) x p99 at the action, or within the SLO)
+             -> keep; otherwise revert it and remember it failed (lever_memory_s)
+    escalate tighten an io throttle still above its floor, else diagnose and apply the cheapest
+             lever that addresses the cause and has not failed recently: io.max -> MPS ->
+             placement -> MIG resize. Restarting the victim itself (its move, its resize)
+             waits until more of its requests missed the SLO than the outage would delay
+             (ski rental, restart_outage_s)
+    cure     a throttle that binds a restartable suspect for stopgap_s is replaced by moving the
+             suspect off the shared link; its throttle is lifted once the move proved itself
+    relax    calm (p99 < (1 - recovery_margin) x SLO) for recovery_dwell_s, dead-band windows
+             holding the clock: relax the highest throttle one step or lift an MPS limit. The
+             step is on trial: if the tail comes back and the suspect used its new headroom, it
+             is restored and the next dwell doubles. Moves and resizes stay (undoing one costs
+             another outage and recreates the conflict): they keep the level they reached.
 
 The io.max control law, per suspect and device and direction (rates in bytes/s):
 
@@ -81,13 +91,15 @@ POLICY_LEVELS: Mapping[str, frozenset[int]] = {
     "full": frozenset({LEVEL_IO, LEVEL_MPS, LEVEL_PLACE, LEVEL_MIG}),
 }
 
-#: levers that address each cause, cheapest first
+#: levers that address each cause, cheapest first. A larger MIG instance brings SMs and memory
+#: slices, not PCIe bandwidth (every instance shares its GPU's link) nor host CPU: it is no
+#: lever for io, pcie or host causes, however high the ladder climbs.
 CAUSE_LEVELS: Mapping[str, tuple[int, ...]] = {
-    "io": (LEVEL_IO, LEVEL_PLACE, LEVEL_MIG),
-    "pcie": (LEVEL_IO, LEVEL_PLACE, LEVEL_MIG),
+    "io": (LEVEL_IO, LEVEL_PLACE),
+    "pcie": (LEVEL_IO, LEVEL_PLACE),
     "compute": (LEVEL_MPS, LEVEL_PLACE, LEVEL_MIG),
     "membw": (LEVEL_MPS, LEVEL_PLACE, LEVEL_MIG),
-    "host": (LEVEL_PLACE, LEVEL_MIG),
+    "host": (LEVEL_PLACE,),
     "unknown": (LEVEL_MIG, LEVEL_PLACE),
 }
 
@@ -103,13 +115,23 @@ DAMAGE_HALF_LIFE_S = 3600.0
 BINDING = 0.7
 #: a relaxed suspect used its new headroom when it ran above this multiple of its old cap
 HEADROOM = 1.05
+#: how much longer a restart-class lever waits before it is lifted while its target runs
+RESTART_DWELL_FACTOR = 4.0
 #: the longest a victim's calm dwell grows after de-escalations that had to be reverted
 RELAX_BACKOFF_MAX = 8.0
 #: a disruptive action not seen completed after this long no longer blocks its GPUs, seconds
 PENDING_TIMEOUT_S = 300.0
 #: MPS limits live this many throttle TTLs between renewals (lifting one costs a restart)
 MPS_TTL_FACTOR = 4.0
+#: the failed-lever memory stops doubling after this many failed trials
+MAX_STRIKES = 6
 UNAVAILABLE = math.inf
+
+
+#: one action of a plan, the lever it puts in force, and the reason's detail
+Step = tuple[Action, Lever, str]
+#: (trial label, steps), or why the level cannot act
+Plan = tuple[str, list[Step]] | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +188,7 @@ class _Tick:
         self.readings: dict[str, TailReading] = {}
         self.history: tuple[TickRates, ...] = state.history
         self.levels_before = {v: state.level_of(v) for v in state.victims}
+        self.undone: set[str] = set()  # victims whose relaxation was undone this tick
         self.placements: dict[str, str] = dict(state.placements)
         self.moved_at: dict[str, float] = dict(state.moved_at)
 
@@ -174,6 +197,25 @@ class _Tick:
         self.actions.append(action)
         self.reasons.append(reason)
         self.changed_at[action.key] = self.now
+        self._track(action)
+
+    def _track(self, action: Action) -> None:
+        """Restarts, moves and resizes are in flight until the snapshot shows them done: they
+        block their GPUs for other disruptive actions, and trials wait for them."""
+        if isinstance(action, MpsLimit):
+            t = self.snap.tenants.get(action.tenant)
+            if t is not None and t.placement is not None:
+                self.pending[action.tenant] = Pending(
+                    action.tenant, frozenset({t.placement.gpu}), self.now, to=t.placement)
+        elif isinstance(action, Migrate):
+            self.pending[action.tenant] = Pending(
+                action.tenant, frozenset({action.source.gpu, action.to.gpu}), self.now,
+                to=action.to)
+        elif isinstance(action, MigResize):
+            self.pending[action.tenant] = Pending(
+                action.tenant, frozenset({action.gpu}), self.now,
+                profile=action.to_profile, start=action.start)
+            self.mig_log.append((action.gpu, self.now))
 
     def level_of(self, victim: str) -> int:
         return max((lv.level for lv in self.levers.values() if victim in lv.owners), default=0)
@@ -184,24 +226,24 @@ class _Tick:
             key=lambda lv: (lv.level, lv.since, lv.key),
         )
 
-    def usable(self, key: str, *, cooldown: bool = True) -> bool:
+    def usable(self, key: str) -> bool:
+        """Not backed off after a failure, and not changed within ``cooldown_s``."""
         if key in self.blocked:
             return False
-        return not (
-            cooldown and self.now - self.changed_at.get(key, -math.inf) < self.pc.cooldown_s
-        )
+        return self.now - self.changed_at.get(key, -math.inf) >= self.pc.cooldown_s
 
     def rate(self, tenant: str, device: str) -> tuple[float, float]:
         """Mean (read, write) bytes/s over the last violation_windows ticks."""
         recent = self.history[-self.pc.violation_windows :]
-        rs = [h.io_read_bps[(tenant, device)] for h in recent if (tenant, device) in h.io_read_bps]
         key = (tenant, device)
+        rs = [h.io_read_bps[key] for h in recent if key in h.io_read_bps]
         ws = [h.io_write_bps[key] for h in recent if key in h.io_write_bps]
         return (sum(rs) / len(rs) if rs else 0.0, sum(ws) / len(ws) if ws else 0.0)
 
     # -- the pass --------------------------------------------------------------------------
     def run(self) -> None:
         ratios: dict[str, float] = {}
+        self._settle_pending()
         for sample in self.snap.tenants.values():
             where = str(sample.placement)
             if self.placements.get(sample.name, where) != where:
@@ -219,6 +261,8 @@ class _Tick:
                 missed = max(count_above(t.latency.ttft, ttft_slo) if ttft_slo else 0,
                              count_above(t.latency.tpot, tpot_slo) if tpot_slo else 0)
             dt = self.now - self.s.now if math.isfinite(self.s.now) else 0.0
+            if self.now < v.rent_from:
+                missed = 0
             v = replace(v, damage=v.damage * 0.5 ** (max(dt, 0.0) / DAMAGE_HALF_LIFE_S) + missed)
             reading = read_tail(
                 window,
@@ -234,7 +278,6 @@ class _Tick:
                 ratios[name] = reading.ratio
         rates = rates_of(self.snap, self.s.counters, ratios)
         self.history = trim((*self.s.history, rates), self.now, self.pc.diagnosis_window_s)
-        self._settle_pending()
         self._drop_unjustified()
         for name in sorted(self.victims):
             if name not in self.snap.tenants or name not in self.protected:
@@ -247,6 +290,11 @@ class _Tick:
         for tenant, p in list(self.pending.items()):
             if _pending_done(p, self.snap) or self.now - p.issued_at > PENDING_TIMEOUT_S:
                 del self.pending[tenant]
+            if tenant in self.victims:
+                # ski rental: the outage was the price; what it delays (the backlog served
+                # after the restart, one evaluation period) is not new rent
+                self.victims[tenant] = replace(self.victims[tenant], damage=0.0,
+                                               rent_from=self.now + self.pc.eval_period_s)
 
     def _drop_unjustified(self) -> None:
         """A throttle or MPS limit whose target no longer shares the blamed resource with its
@@ -303,14 +351,15 @@ class _Tick:
             streak, calm_s = 0, calm_s + max(dt, 0.0)
         elif reading.verdict is Verdict.DEADBAND:
             streak = 0  # dead-band: hold, neither calm nor violating
-        failed = {k: t for k, t in v.failed.items() if self.now - t < self.pc.lever_memory_s}
+        failed = {k: t for k, t in v.failed.items()
+                  if self.now - t < self.pc.lever_memory_s * 2 ** (v.strikes.get(k, 1) - 1)}
         v = replace(v, streak=streak, calm_s=calm_s, violations_total=total, failed=failed)
         self.victims[name] = v
         if v.trial is not None:
             v = self._judge(name, v, reading)
             self.victims[name] = v
-            if v.trial is not None:
-                return
+            if v.trial is not None or name in self.undone:
+                return  # still on trial, or a relaxation was just undone: that is the action
         dwell_ok = self.now - v.level_since >= self.pc.level_dwell_s
         sustained = self._sustained(v, reading)
         if reading.verdict is Verdict.VIOLATING and streak >= self.pc.violation_windows:
@@ -325,12 +374,22 @@ class _Tick:
                                  f"{self.pc.level_dwell_s:.0f} s")
         elif dwell_ok and reading.verdict is not Verdict.UNKNOWN and self._cure(name, reading):
             pass
-        elif (
-            calm_s >= self.pc.recovery_dwell_s * v.relax_backoff
-            and self.level_of(name) > 0
-            and dwell_ok
-        ):
+        elif calm_s >= self._relax_dwell(name, v) and self.level_of(name) > 0 and dwell_ok:
             self._relax(name, reading)
+
+    def _relax_dwell(self, name: str, v: Victim) -> float:
+        """Calm time before the next relaxation step. Lifting a restart-class lever (MPS)
+        restarts its target twice if the tail comes back, so while the target still runs it
+        waits RESTART_DWELL_FACTOR times longer; once the target stopped, lifting is free."""
+        dwell = self.pc.recovery_dwell_s * v.relax_backoff
+        undoable = [lv for lv in self.owned(name) if lv.level < LEVEL_PLACE]
+        if not undoable:
+            return dwell
+        top = max(undoable, key=lambda lv: lv.level)
+        target = self.snap.tenants.get(top.target)
+        if top.level == LEVEL_MPS and target is not None and target.running:
+            return dwell * RESTART_DWELL_FACTOR
+        return dwell
 
     def _cure(self, name: str, reading: TailReading) -> bool:
         """Replace a binding throttle by a move of the throttled suspect (see ``stopgap_s``).
@@ -354,12 +413,13 @@ class _Tick:
                      or (lv.cap_w_bps is not None and w_bps >= BINDING * lv.cap_w_bps))
             if t is None or not t.running or not bound:
                 continue
-            suspect = Suspect(lv.target, "pcie", "disk read", "throttled", r_bps + w_bps, 1.0,
-                              None, 1.0)
+            suspect = Suspect(lv.target, "pcie", "disk read", "the shared link",
+                              r_bps + w_bps, 1.0, None, 1.0)
             mv = plan_move(
                 name, Diagnosis("pcie", (suspect,)), self.snap,
                 self.history[-self.pc.violation_windows:], protected=self.protected,
-                may_restart=_only(lv.target), blocked_gpus=self.busy_gpus(),
+                history=self.history, may_restart=_only(lv.target),
+                blocked_gpus=self.busy_gpus(),
                 taken={str(p.to) for p in self.pending.values() if p.to is not None},
                 failed=lambda label: label in v.failed,
             )
@@ -367,8 +427,8 @@ class _Tick:
             if isinstance(mv, str) or mv.tenant != lv.target or not self.usable(key):
                 continue
             held = self.now - lv.since
-            head = (f"{self._head(name, reading)}; io.max {lv.target} {_caps(lv)} has held it "
-                    f"for {held:.0f} s at {fmt_bps(r_bps + w_bps)} of "
+            head = (f"{self._head(name, reading)}; {lv.why}; io.max {lv.target} {_caps(lv)} "
+                    f"has held it for {held:.0f} s at {fmt_bps(r_bps + w_bps)} of "
                     f"{fmt_bps(lv.demand_r_bps + lv.demand_w_bps)} demand")
             action = Migrate(mv.tenant, mv.source, mv.to, reason=mv.why)
             lever = Lever(key=key, level=LEVEL_PLACE, target=mv.tenant,
@@ -447,11 +507,19 @@ class _Tick:
             return replace(self.victims[name], trial=None)
         why = (f"{name}: {trial.label} did not help ({trial.metric} p99 "
                f"{ms(trial.baseline_p99_s)} -> {ms(r.p99_s)}, needed <= {ms(target)}); ")
+        # a joint throttle failed for each of its suspects
+        labels = {trial.label} | {f"io.max {lv.target}" for k in trial.keys
+                                  for lv in (self.levers.get(k),)
+                                  if lv is not None and lv.level == LEVEL_IO
+                                  and trial.kind == "apply"}
         self._restore(trial, why)
         failed = dict(self.victims[name].failed)
-        failed[trial.label] = self.now
+        strikes = dict(self.victims[name].strikes)
+        for label in labels:
+            failed[label] = self.now
+            strikes[label] = min(strikes.get(label, 0) + 1, MAX_STRIKES)
         self._note(name, why + "reverted")
-        return replace(self.victims[name], trial=None, failed=failed)
+        return replace(self.victims[name], trial=None, failed=failed, strikes=strikes)
 
     def _lift_moved(self, name: str, trial: Trial, r: TailReading) -> None:
         """A suspect moved off the victim's link no longer needs the victim's throttle."""
@@ -464,6 +532,9 @@ class _Tick:
 
     def _judge_relax(self, name: str, v: Victim, trial: Trial, r: TailReading) -> Victim:
         """A de-escalation step is reverted as soon as the violation is back (Y windows)."""
+        if {lv.target for lv in trial.undo} & set(self.pending):
+            # lifting an MPS limit restarts the suspect: judged once it runs unlimited
+            return replace(v, trial=replace(trial, started_at=self.now))
         sustained = self._sustained(v, r)
         if sustained and not self._used_headroom(trial):
             self._note(name, f"{name}: violation after {trial.label}, but no relaxed suspect "
@@ -476,6 +547,7 @@ class _Tick:
                    f"{self.pc.recovery_dwell_s * backoff:.0f} s calm; ")
             self._restore(trial, why)
             self._note(name, why.rstrip("; "))
+            self.undone.add(name)
             return replace(self.victims[name], trial=None, relax_backoff=backoff)
         if self.now < trial.started_at + self.pc.eval_period_s:
             return v
@@ -573,7 +645,7 @@ class _Tick:
 
     def _plan(
         self, level: int, victim: str, diag: Diagnosis, v: Victim
-    ) -> tuple[str, list[tuple[Action, Lever | None, str]]] | str:
+    ) -> Plan:
         """(label, [(action, lever, reason suffix)]) or why the level cannot act."""
         if level == LEVEL_IO:
             return self._plan_io(victim, diag, v)
@@ -589,35 +661,19 @@ class _Tick:
         reading: TailReading,
         level: int,
         label: str,
-        steps: list[tuple[Action, Lever | None, str]],
+        steps: list[Step],
         head: str,
     ) -> None:
         keys: list[str] = []
         for action, lever, detail in steps:
             self.emit(action, f"{head}; {detail}")
             keys.append(action.key)
-            if isinstance(action, MpsLimit) and action.pct is not None:
-                t = self.snap.tenants.get(action.tenant)
-                if t is not None and t.placement is not None:
-                    # applied through a restart: judged once the suspect runs again
-                    self.pending[action.tenant] = Pending(
-                        action.tenant, frozenset({t.placement.gpu}), self.now, to=t.placement)
-            elif isinstance(action, Migrate):
-                self.pending[action.tenant] = Pending(
-                    action.tenant, frozenset({action.source.gpu, action.to.gpu}), self.now,
-                    to=action.to)
-            elif isinstance(action, MigResize):
-                self.pending[action.tenant] = Pending(
-                    action.tenant, frozenset({action.gpu}), self.now,
-                    profile=action.to_profile, start=action.start)
-                self.mig_log.append((action.gpu, self.now))
-            if lever is not None:
-                prev = self.levers.get(lever.key)
-                if prev is not None:
-                    lever = replace(lever, owners=prev.owners | lever.owners, since=prev.since)
-                self.levers[lever.key] = lever
+            prev = self.levers.get(lever.key)
+            if prev is not None:
+                lever = replace(lever, owners=prev.owners | lever.owners, since=prev.since)
+            self.levers[lever.key] = lever
         assert reading.p99_s is not None
-        trial = Trial(label, tuple(keys), level, self.now, self.now, reading.p99_s, reading.metric)
+        trial = Trial(label, tuple(keys), level, self.now, reading.p99_s, reading.metric)
         self.victims[name] = replace(self.victims[name], trial=trial)
         self._note(name, f"{head}; {steps[0][2]}" + (f" (+{len(steps) - 1} more)"
                                                       if len(steps) > 1 else ""))
@@ -625,13 +681,13 @@ class _Tick:
     # -- level 1: io.max --------------------------------------------------------------------
     def _plan_io(
         self, victim: str, diag: Diagnosis, v: Victim
-    ) -> tuple[str, list[tuple[Action, Lever | None, str]]] | str:
+    ) -> Plan:
         cands = [s for s in diag.named if s.cause in ("io", "pcie") and s.tenant is not None]
         if not cands:
             return (f"io.max: no suspect with enough evidence (score >= {MIN_SCORE}) on the "
                     "disk or PCIe path")
         best = cands[0].score
-        steps: list[tuple[Action, Lever | None, str]] = []
+        steps: list[Step] = []
         why: list[str] = []
         for s in cands:
             if s.score < SUSPECT_BAND * best:
@@ -651,14 +707,15 @@ class _Tick:
             total = sum(sum(self.rate(s.tenant, d)) for d in devices)
             for dev in devices:
                 r_bps, w_bps = self.rate(s.tenant, dev)
-                if r_bps + w_bps < max(DEVICE_SHARE * total, self.pc.throttle_floor_bps):
-                    continue
+                if (r_bps + w_bps < DEVICE_SHARE * total
+                        or max(r_bps, w_bps) < self.pc.throttle_floor_bps):
+                    continue  # a minor device, or nothing a cap above the floor could cut
                 key = f"io:{s.tenant}:{dev}"
                 if key in self.levers or not self.usable(key):
                     why.append(f"io.max {s.tenant} {dev} in force or cooling down")
                     continue
                 lever = replace(self._io_lever(victim, s.tenant, dev, r_bps, w_bps),
-                                cause=s.cause)
+                                cause=s.cause, why=f"cause {s.cause} ({s.describe()})")
                 steps.append((lever.action, lever,
                               f"io.max {s.tenant} {dev} {_caps(lever)} for "
                               f"{self.pc.throttle_ttl_s:.0f} s"))
@@ -690,7 +747,7 @@ class _Tick:
             return False
         floor, step = self.pc.throttle_floor_bps, self.pc.throttle_step
         old: list[Lever] = []
-        steps: list[tuple[Action, Lever | None, str]] = []
+        steps: list[Step] = []
         for lv in self.owned(name):
             if lv.level != LEVEL_IO or lv.key in self.blocked:
                 continue
@@ -718,7 +775,7 @@ class _Tick:
     # -- level 2: MPS ----------------------------------------------------------------------
     def _plan_mps(
         self, victim: str, diag: Diagnosis, v: Victim
-    ) -> tuple[str, list[tuple[Action, Lever | None, str]]] | str:
+    ) -> Plan:
         why: list[str] = []
         for s in diag.named:
             if s.cause not in ("compute", "membw") or s.tenant is None:
@@ -745,16 +802,21 @@ class _Tick:
                               owners=frozenset({victim}), since=self.now, changed_at=self.now,
                               action=action, expires_at=expires, cause=s.cause)
                 return label, [(action, lever, detail)]
-        return "MPS: " + ("; ".join(why) if why else "no compute suspect on the victim's GPU")
+        if not why:
+            weak = [s for s in diag.suspects if s.cause in ("compute", "membw") and s.tenant]
+            why.append(f"evidence against {weak[0].tenant} too weak to restart it (score "
+                       f"{weak[0].score:.2f} < {MIN_SCORE})" if weak
+                       else "no compute suspect on the victim's GPU")
+        return "MPS: " + "; ".join(why)
 
     # -- level 3: placement ----------------------------------------------------------------
     def _plan_place(
         self, victim: str, diag: Diagnosis, v: Victim
-    ) -> tuple[str, list[tuple[Action, Lever | None, str]]] | str:
+    ) -> Plan:
         taken = {str(p.to) for p in self.pending.values() if p.to is not None}
         mv = plan_move(
             victim, diag, self.snap, self.history[-self.pc.violation_windows :],
-            protected=self.protected,
+            protected=self.protected, history=self.history,
             may_restart=lambda n: may_restart(n, self.snap, self.cfg),
             blocked_gpus=self.busy_gpus(),
             taken=taken,
@@ -772,8 +834,7 @@ class _Tick:
         return f"place {mv.tenant}", [(action, lever, mv.why)]
 
     # -- level 4: MIG resize ---------------------------------------------------------------
-    def _plan_mig(self, victim: str, v: Victim) -> tuple[str, list[
-            tuple[Action, Lever | None, str]]] | str:
+    def _plan_mig(self, victim: str, v: Victim) -> Plan:
         t = self.snap.tenants.get(victim)
         if t is None or t.placement is None or t.placement.gi_id is None:
             return "MIG resize: the victim is not on a MIG instance"
@@ -846,7 +907,7 @@ class _Tick:
             return
         assert reading.p99_s is not None
         label = f"relax {LEVEL_NAMES[top_level]}"
-        trial = Trial(label, tuple(lv.key for lv in touched), top_level, self.now, self.now,
+        trial = Trial(label, tuple(lv.key for lv in touched), top_level, self.now,
                       reading.p99_s, reading.metric, kind="relax", undo=tuple(touched))
         self.victims[name] = replace(self.victims[name], calm_s=0.0, trial=trial)
         self._note(name, f"{head}; {label} one step")
@@ -918,10 +979,25 @@ class _Tick:
             pending=self.pending,
             now=self.now,
             level_changes=changes,
-            placements=self.placements,
-            moved_at=self.moved_at,
+            placements={n: p for n, p in self.placements.items() if n in self.snap.tenants},
+            moved_at={n: t for n, t in self.moved_at.items() if n in self.snap.tenants},
         )
         return state, Decision(tuple(self.actions), tuple(self.reasons))
+
+
+def _sane(snapshot: Snapshot) -> Snapshot:
+    """A placement on a GPU (or MIG instance) the topology does not know - a device that went
+    away, a stale tenant record - is treated as unknown rather than trusted."""
+    known = {g.index: {i.gi_id for i in g.instances} for g in snapshot.topology.gpus}
+    bad = [t for t in snapshot.tenants.values() if t.placement is not None and (
+        t.placement.gpu not in known
+        or (t.placement.gi_id is not None and t.placement.gi_id not in known[t.placement.gpu]))]
+    if not bad:
+        return snapshot
+    tenants = dict(snapshot.tenants)
+    for t in bad:
+        tenants[t.name] = replace(t, placement=None)
+    return replace(snapshot, tenants=tenants)
 
 
 def _only(name: str) -> Callable[[str], bool]:
@@ -984,7 +1060,7 @@ def _io_action(lv: Lever, expires: float) -> IoThrottle:
 
 def decide(state: LadderState, snapshot: Snapshot, config: Config) -> tuple[LadderState, Decision]:
     """One pass of the ladder. Pure: the same inputs give the same outputs."""
-    tick = _Tick(state, snapshot, config)
+    tick = _Tick(state, _sane(snapshot), config)
     tick.run()
     return tick.finish()
 
@@ -995,9 +1071,10 @@ def absorb(
     """Feed back what the executor did.
 
     Applied actions start their trial's evaluation period now; a temporary failure backs the
-    action's key off for ``cooldown`` (it stays out of proposals), a permanent one marks it
-    unavailable; a lever that never took effect is forgotten and its trial cancelled. A throttle
-    the executor reverted (expiry) is forgotten.
+    action's key off for ``backoff_s`` (it stays out of proposals), a permanent one marks it
+    unavailable; a lever that never took effect is forgotten (a tighten or relax step that did
+    not happen leaves the lever as it was) and its trial is cancelled. A throttle the executor
+    reverted (expiry) is forgotten.
     """
     victims = dict(state.victims)
     levers = dict(state.levers)
@@ -1022,12 +1099,17 @@ def absorb(
             if lv is not None and lv.since >= state.now:
                 del levers[key]
             for name, v in victims.items():
-                if v.trial is not None and key in v.trial.keys:
-                    victims[name] = replace(
-                        v, trial=None,
-                        last_reason=f"{v.last_reason}; {a.kind} {key} {o.result.value}: "
-                                    f"{o.detail}".strip())
-            if isinstance(a, Migrate | MigResize):
+                if v.trial is None or key not in v.trial.keys:
+                    continue
+                # a step that did not happen: the host still has what was there before it
+                for old in v.trial.undo:
+                    if old.key == key and key in levers:
+                        levers[key] = replace(old, owners=levers[key].owners)
+                victims[name] = replace(
+                    v, trial=None,
+                    last_reason=f"{v.last_reason}; {a.kind} {key} {o.result.value}: "
+                                f"{o.detail}".strip())
+            if isinstance(a, Migrate | MigResize | MpsLimit):
                 pending.pop(a.tenant, None)
             if isinstance(a, MigResize):
                 for i in range(len(mig_log) - 1, -1, -1):

@@ -7,7 +7,7 @@ last few ticks, each term normalised to 0..~1):
                        / uplink capacity
                  + 0.2 x PCIe bytes of the other GPUs under p's root complex / uplink
                  + 0.4 x block I/O of other tenants on p's NUMA node / uplink capacity
-                 + 0.5 x IRQ burst on p's NUMA node ((rate / median - 1) / 3, clipped to 1)
+                 + 0.5 x IRQ burst on p's NUMA node ((rate / normal rate - 1) / 3, clipped)
                  + m's own PCIe rate / uplink x (protected tenants behind p's switch
                                                   + 0.2 x those elsewhere under p's root)
                        (a heavy mover must not become someone else's noisy neighbour)
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from gpuguardd.model.snapshot import Placement, Snapshot, TenantSample
 from gpuguardd.model.topology import Topology
-from gpuguardd.policy.diagnosis import Diagnosis, Suspect, link_bps
+from gpuguardd.policy.diagnosis import IRQ_BURST, IRQ_FLOOR, Diagnosis, Suspect, link_bps
 from gpuguardd.policy.mig import free_slices
 from gpuguardd.policy.signals import TickRates
 
@@ -94,7 +94,8 @@ class Scorer:
     """Placement penalties from the recent history of rates."""
 
     def __init__(self, snapshot: Snapshot, recent: Sequence[TickRates],
-                 protected: frozenset[str]):
+                 protected: frozenset[str], history: Sequence[TickRates] = ()):
+        history = history or recent
         self.snap = snapshot
         self.topo = snapshot.topology
         self.recent = recent
@@ -105,11 +106,10 @@ class Scorer:
                    for t in snapshot.tenants.values()}
         self.irq_burst: dict[int, float] = {}
         for node in self.topo.numa_nodes:
-            vals = sorted(h.irq_numa[node.node] for h in recent if node.node in h.irq_numa)
-            cur = vals[-1] if vals else 0.0
-            med = max(vals[len(vals) // 2], 1000.0) if vals else 1000.0
-            last = recent[-1].irq_numa.get(node.node, cur) if recent else cur
-            self.irq_burst[node.node] = min(1.0, max(0.0, (last / med - 1.0) / 3.0))
+            vals = sorted(h.irq_numa[node.node] for h in history if node.node in h.irq_numa)
+            normal = max(vals[len(vals) // 5], IRQ_FLOOR) if vals else IRQ_FLOOR
+            last = recent[-1].irq_numa.get(node.node, normal) if recent else normal
+            self.irq_burst[node.node] = min(1.0, max(0.0, (last / normal - 1.0) / IRQ_BURST))
 
     def own_pcie(self, t: TenantSample) -> float:
         """A tenant's own PCIe traffic: its GPU's, if it is alone there; else its disk reads."""
@@ -163,6 +163,7 @@ def plan_move(
     *,
     protected: frozenset[str],
     may_restart: Callable[[str], bool],
+    history: Sequence[TickRates] = (),
     blocked_gpus: frozenset[int],
     taken: set[str],
     failed: Callable[[str], bool],
@@ -176,7 +177,7 @@ def plan_move(
     vt = snapshot.tenants.get(victim)
     if vt is None or vt.placement is None:
         return "placement: the victim has no known placement"
-    scorer = Scorer(snapshot, recent, protected)
+    scorer = Scorer(snapshot, recent, protected, history)
     free = [p for p in free_placements(snapshot, taken) if p.gpu not in blocked_gpus
             and _healthy(snapshot, p.gpu)]
     if not free:

@@ -11,7 +11,6 @@ from gpuguardd.model.snapshot import Placement
 from gpuguardd.policy.signals import Counters, TickRates
 from gpuguardd.policy.window import Quantiles, TailWindow
 
-LEVEL_NONE = 0
 LEVEL_IO = 1
 LEVEL_MPS = 2
 LEVEL_PLACE = 3
@@ -55,8 +54,9 @@ class Lever:
     cap_r_bps: int | None = None
     cap_w_bps: int | None = None
     expires_at: float | None = None
-    #: the diagnosed cause the lever answered ("pcie", "io", "compute", ...)
+    #: the diagnosed cause the lever answered ("pcie", "io", "compute", ...) and its evidence
     cause: str = ""
+    why: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,6 @@ class Trial:
     label: str  # lever identity for the failed-lever memory ("io:t2", "tighten:t2", ...)
     keys: tuple[str, ...]
     level: int
-    issued_at: float
     started_at: float
     baseline_p99_s: float
     metric: str
@@ -88,12 +87,17 @@ class Victim:
     calm_s: float = 0.0
     level_since: float = float("-inf")
     trial: Trial | None = None
+    #: lever label -> when its trial last failed (forgotten after its memory, see ``strikes``)
     failed: Mapping[str, float] = field(default_factory=dict)
+    #: lever label -> failed trials so far: the memory doubles with each (lever_memory_s x 2^k)
+    strikes: Mapping[str, int] = field(default_factory=dict)
     last_reason: str = ""
     #: multiplies recovery_dwell_s; doubled each time a de-escalation had to be reverted
     relax_backoff: float = 1.0
     #: requests that missed the SLO, decaying with a half-life of DAMAGE_HALF_LIFE_S
     damage: float = 0.0
+    #: no damage accrues before this time (the backlog after the victim's own restart)
+    rent_from: float = float("-inf")
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,7 +71,7 @@ def quantiles(sketch: Sketch, min_samples: int) -> Quantiles | None:
     """p50/p99/p999 of ``sketch``, or None when it holds fewer than ``min_samples`` samples."""
     if sketch.count < min_samples:
         return None
-    p50, p99, p999 = sketch.quantile(0.5), sketch.quantile(0.99), sketch.quantile(0.999)
+    p50, p99, p999 = sketch.quantiles(0.5, 0.99, 0.999)
     if p50 is None or p99 is None or p999 is None:
         return None
     return Quantiles(p50, p99, p999)
@@ -168,15 +168,4 @@ def binom_sf(k: int, n: int, p: float) -> float:
 
 def count_above(sketch: FrozenSketch, x: float) -> int:
     """How many samples exceed ``x`` (within the sketch's relative accuracy)."""
-    n = sketch.count
-    if n == 0:
-        return 0
-    lo, hi = 1, n + 1  # smallest rank whose value exceeds x, n + 1 when none does
-    while lo < hi:
-        mid = (lo + hi) // 2
-        v = sketch.quantile((mid - 0.5) / n)
-        if v is not None and v > x:
-            hi = mid
-        else:
-            lo = mid + 1
-    return n - lo + 1
+    return sketch.count_above(x)

@@ -47,6 +47,16 @@ def ladder_policy() -> Policy:
     return Policy(policy.LadderState.initial, policy.decide, policy.absorb)
 
 
+def policy_for(config: Config) -> Policy:
+    """The ladder alone, or with the vGPU share planner when ``[vgpu] enabled`` (its numeric
+    stack is imported only then)."""
+    if not config.vgpu.enabled:
+        return ladder_policy()
+    from gpuguardd.runtime.vgpu_policy import combined_policy
+
+    return combined_policy(config)
+
+
 @dataclass(frozen=True)
 class TickReport:
     """What one tick saw and did; the exporter and the status endpoint read the latest."""
@@ -150,11 +160,14 @@ class Engine:
         reload: threading.Event | None = None,
         on_reload: Callable[[], None] | None = None,
         sleep_scale: float = 1.0,
+        between_ticks: Callable[[], None] | None = None,
     ) -> None:
         """Tick every ``interval_s`` of ``clock`` until ``stop`` is set; restore on the way out.
 
         ``sleep_scale`` divides real sleeping time (a simulated clock running faster than
         real time). A tick that raises is logged and counted; the loop goes on.
+        ``between_ticks`` (periodic housekeeping that decides for itself whether it is due)
+        runs before each tick, outside it.
         """
         try:
             while not stop.is_set():
@@ -165,6 +178,8 @@ class Engine:
                     if on_reload is not None:
                         on_reload()
                     self.notifier.notify("READY=1")
+                if between_ticks is not None:
+                    between_ticks()
                 try:
                     self.tick(clock())
                 except Exception:

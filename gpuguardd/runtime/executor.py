@@ -18,7 +18,7 @@ tenants another restart - but they are journalled and re-adopted by the next sta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -95,6 +95,17 @@ class Executor:
         for e in self.active():
             if e.expires_at is not None:
                 # the last chance to undo it: no back-off applies
+                outcomes.append(self._guarded(e.action, e.applied_at,
+                                              partial(self._restore, e, reason),
+                                              lever=_restore_lever(e), force=True))
+        return outcomes
+
+    def release_tenants(self, tenants: Collection[str], reason: str) -> list[Outcome]:
+        """Lift the temporary changes (throttles, MPS limits) of tenants about to leave the
+        configuration, while the host still knows them: afterwards nothing could undo them."""
+        outcomes = []
+        for e in self.active():
+            if e.expires_at is not None and getattr(e.action, "tenant", None) in tenants:
                 outcomes.append(self._guarded(e.action, e.applied_at,
                                               partial(self._restore, e, reason),
                                               lever=_restore_lever(e), force=True))
@@ -228,7 +239,12 @@ class Executor:
         return Outcome(a, Result.APPLIED, f"moved {a.source} -> {a.to}")
 
     def _vgpu(self, a: VgpuSet, now: float) -> Outcome:
-        self._record(Entry(a.key, a, "intent", None, now, None))
+        # The share and memory limit found before our first write, kept for the operator
+        # (a share is not undone on exit: that would cost the tenant another restart).
+        prev = self._entry(a.key)
+        read = getattr(self.host, "get_vgpu", None)
+        original = prev.original if prev else (read(a.tenant) if callable(read) else None)
+        self._record(Entry(a.key, a, "intent", original, now, None))
         if self.dry_run:
             return Outcome(a, Result.DRY_RUN, f"would set {a.compute_pct}% {a.memory_bytes} B")
         self.host.set_vgpu(a.tenant, a.compute_pct, a.memory_bytes)

@@ -42,7 +42,8 @@ class StatusBoard:
         if report is not None:
             for name, st in getattr(report.state, "tenants", {}).items():
                 tenants[name] = asdict(st) if is_dataclass(st) and not isinstance(st, type) else st
-        return {
+        vgpu = getattr(report.state, "vgpu_status", None) if report is not None else None
+        out = {
             "now": report.now if report else None,
             "tenants": tenants,
             "active_actions": [
@@ -54,6 +55,9 @@ class StatusBoard:
             "unavailable_levers": self._executor.unavailable(),
             "decisions": decisions,
         }
+        if callable(vgpu):  # shares, demand, reasons and Kubernetes patch plans
+            out["vgpu"] = vgpu()
+        return out
 
     def explain(self, tenant: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -261,6 +261,10 @@ class SimHost:
         pcts = [v for v in (x.mps_pct, x.share_pct) if v is not None]
         return min(pcts) / 100.0 if pcts else 1.0
 
+    @staticmethod
+    def _share_cap(x: Tenant) -> float:
+        return x.share_pct / 100.0 if x.share_pct is not None else 1.0
+
     def sm_fraction(self, tenant: Tenant) -> float:
         """SMs the tenant gets while it computes, as a fraction of its whole GPU.
 
@@ -284,7 +288,15 @@ class SimHost:
 
     def hbm_fraction(self, tenant: Tenant) -> float:
         """HBM bandwidth share: a MIG instance owns memory_slices/8 of it; co-runners in one
-        pool share it max-min, a training job capped at its own demand."""
+        pool share it max-min, a training job capped at its own demand.
+
+        A HAMi share also caps it. Without MPS the contexts of different processes never run
+        at the same time: the GPU time-slices them, and HAMi-core's ``sm_limit`` throttles a
+        tenant's kernel launches to its share of that time. A decode step streams weights and
+        KV only from inside the tenant's kernels, so the fraction of time it can stream HBM -
+        and hence its average bandwidth - is bounded by the same share (alone on the GPU
+        included: the idle slices are not handed to it). MPS limits threads, not time, and
+        does not cap bandwidth this way."""
         p = tenant.placement
         ms = self.mig[p.gpu]
         pool = ms.memory_slices(p.gi_id) / 8.0
@@ -292,17 +304,17 @@ class SimHost:
         if tenant not in members:
             members.append(tenant)
         if len(members) == 1:
-            return pool
+            return max(pool * self._share_cap(tenant), 1e-6)
         weights: list[float] = []
         caps: list[float] = []
         for x in members:
             if isinstance(x, Training):
                 weights.append(1.0)
-                caps.append(x.spec.hbm_fraction * pool)
+                caps.append(min(x.spec.hbm_fraction, self._share_cap(x)) * pool)
             else:
                 busy = x is tenant or (isinstance(x, Inference) and bool(x.decodes))
                 weights.append(1.0 if busy else 0.0)
-                caps.append(INF)
+                caps.append(pool * self._share_cap(x) if x.share_pct is not None else INF)
         rates = max_min([(0,)] * len(members), [pool], weights, caps)
         return max(rates[members.index(tenant)], 1e-6)
 
@@ -646,8 +658,13 @@ class SimHost:
         if memory_bytes < t.memory_need_bytes():
             raise LeverError(f"{tenant} needs {t.memory_need_bytes()} bytes, got {memory_bytes}",
                              permanent=True)
+        if not t.spec.may_restart:
+            raise LeverError(f"{tenant} is not restartable: HAMi reads sm_limit only when the "
+                             "process starts", permanent=True)
         t.memory_limit_bytes = memory_bytes  # HAMi: applies from the next allocation
         t.pending_share_pct = compute_pct  # sm_limit is read once per process: at restart
+        # like RealHost.set_vgpu: the share takes effect through a restart (downtime)
+        self.restart_tenant(tenant, None, {})
 
     def close(self) -> None:
         self._closed = True

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gpuguardd.config import TENANT_NAME, SloConfig, TenantConfig
+from gpuguardd.config import TENANT_NAME, SloConfig, TenantConfig, TenantVgpuConfig
 from gpuguardd.model.llm import BUILTIN
 from gpuguardd.sim.hardware import GPU_MODELS, MigState, gpu_model
 from gpuguardd.sim.host import EventSpec, SimHost
@@ -81,6 +81,7 @@ class Scenario:
                 cgroup=f"sim/{t.name}", restartable=t.restartable, gpu=gpu,
                 devices=[devices[t.name]] if t.name in devices else [],
                 slo=SloConfig(ttft_p99_ms=t.ttft_p99_ms, tpot_p99_ms=t.tpot_p99_ms),
+                vgpu=_vgpu_config(t),
             ))
         return tuple(out)
 
@@ -97,6 +98,18 @@ class Scenario:
                 local = [d for d in disks if d.numa_node == numa] or list(disks)
                 out[t] = local[0].devno
         return out
+
+
+def _vgpu_config(t: TenantSpec) -> TenantVgpuConfig | None:
+    """A HAMi tenant (an inference server given an initial share): what its operator knows -
+    the model, the typical lengths and their p99 (lognormal spread ``token_sigma``)."""
+    if t.kind != "inference" or t.share_pct is None:
+        return None
+    return TenantVgpuConfig(
+        model=t.model, prompt_tokens=t.prompt_tokens,
+        prompt_tokens_p99=math.ceil(t.prompt_tokens * math.exp(2.326 * t.token_sigma)),
+        output_tokens=t.output_tokens, initial_share_pct=t.share_pct,
+        max_batch=min(t.max_batch, 32), memory_bytes=t.memory_limit_bytes)
 
 
 # -- set events ----------------------------------------------------------------------------------
@@ -396,10 +409,14 @@ def _parse_events(data: dict[str, Any], names: set[str], errors: list[str]) -> l
         if (why := _NONNEG(at)) is not None:
             errors.append(f"{p}.at_s: {why}")
         tenant = ev.get("tenant")
-        if tenant not in names:
+        if not isinstance(tenant, str):
+            errors.append(f"{p}.tenant: expected a tenant name, got {tenant!r:.40}")
+        elif tenant not in names:
             errors.append(f"{p}.tenant: no tenant named {tenant!r}")
         action = ev.get("action")
-        if (why := _choice("start", "stop", "set")(action)) is not None:
+        if not isinstance(action, str):
+            errors.append(f"{p}.action: expected one of 'start', 'stop', 'set'")
+        elif (why := _choice("start", "stop", "set")(action)) is not None:
             errors.append(f"{p}.action: {why}")
         extra = {k: v for k, v in ev.items() if k not in ("at_s", "tenant", "action")}
         values: dict[str, object] = {}

@@ -22,7 +22,9 @@ Service. A tenant runs a continuous-batching engine with ``b`` sequence slots, b
     slots are an M/M/b queue:                Ws99 = ln(100 · C) / (b/R - λ) if C > 1 %, else 0
                                              C = Erlang-C probability that all b slots are busy
     TTFT p99 = Tp99 + TPOT(b) + Ws99    (+ one running decode step)               ≤ τ_ttft
-    TPOT p99 = TPOT(n99) / (1 - φ) · tpot_tail                                    ≤ τ_tpot
+    prefill-busy fraction over the last W     φ99 = φ + 2.326 · TTFT1 · √(λ / W)   (Poisson p99,
+                                             W = ``interference_window_s``)
+    TPOT p99 = TPOT(n99) · max(1 / (1 - φ), 1 + φ99) · tpot_tail                   ≤ τ_tpot
 
 P99 is the tenant's ``prompt_tokens_p99`` (default: P, no spread). Adding the slot wait and the
 running step to Tp99 over-estimates the p99 of the sum: the model errs on the safe side.
@@ -78,8 +80,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_array
 from scipy.special import gammaln, pdtr
 
 from gpuguardd.model.llm import LlmArch
@@ -117,6 +117,9 @@ class AllocParams:
     grid_max: float = 1.0  # co-runners busier than one whole GPU leave no time to slice
     candidates: int = 16
     oracle_time_limit_s: float = 25.0
+    # span over which an engine's own prefills slow its decode steps (the simulator's engine:
+    # a 1 s moving average of its prefill-busy fraction, read when a request joins the batch)
+    interference_window_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +253,41 @@ class _Load:
         )
 
 
+def _decay_rate(lam: FloatArray, mean: FloatArray, sd: FloatArray) -> FloatArray:
+    """Decay rate θ of the M/G/1 waiting-time tail, P(W > t) ≈ φ·e^(-θt) (Cramér-Lundberg):
+    the positive root of λ·(E[e^(θS)] - 1) = θ for service S ~ normal(mean, sd), φ = λ·mean.
+
+    In x = θ·mean the root lies in (0, x_up], x_up = min(2(1 - φ)/φ, 2·ln(1/φ) + 2): the first
+    bound solves the equation with e^x ≥ 1 + x + x²/2 and sd = 0, at the second φ·(e^x - 1) > x
+    already. Safeguarded Newton on h(θ) = ln(λ·(E[e^(θS)] - 1)) - ln(θ) (nearly linear in θ
+    far from 0), bisecting whenever a step leaves the bracket. inf where φ = 0, 0 where φ ≥ 1
+    (no stable queue)."""
+    phi = lam * mean
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        stable = (phi > 0) & (phi < 1.0)
+        p = np.where(stable, phi, 0.5)
+        m = np.where(mean > 0, mean, 1.0)
+        lo = np.zeros(np.broadcast(p, m, sd).shape)
+        hi = np.minimum(2.0 * (1.0 - p) / p, 2.0 * np.log(1.0 / p) + 2.0) / m
+        theta = hi.copy()
+        for _ in range(_NEWTON_STEPS):
+            a = np.minimum(theta * m + theta * theta * sd * sd / 2.0, 700.0)
+            em1 = np.expm1(a)
+            h = np.log(lam * em1) - np.log(theta)
+            dh = (m + theta * sd * sd) * (em1 + 1.0) / em1 - 1.0 / theta
+            above = h > 0
+            hi = np.where(above, theta, hi)
+            lo = np.where(above, lo, theta)
+            nxt = theta - h / dh
+            ok = np.isfinite(nxt) & (nxt > lo) & (nxt < hi)
+            theta = np.where(ok, nxt, (lo + hi) / 2.0)
+    return np.asarray(np.where(stable, theta, np.where(phi <= 0, np.inf, 0.0)),
+                      dtype=np.float64)
+
+
+_NEWTON_STEPS = 24
+
+
 def _evaluate(
     load: _Load, pred: Predictor, params: AllocParams, share: FloatArray, level: FloatArray
 ) -> Grid:
@@ -271,14 +309,13 @@ def _evaluate(
     # normal (mean TTFT1, sd implied by the p99 prompt's prefill). The p99 of S + W splits the
     # 1 % between the two tails: P(S > TTFT1 + 2.576 sd) = 0.5 % and
     # P(S + W > t) ≈ φ · exp(-(t - TTFT1)/m + sd²/(2 m²)) = 0.5 %.
-    cs2 = ((load.prompt99 / load.prompt - 1.0) / 2.326) ** 2
     service99 = pred.ttft_ms(1, share, level, load.prompt99, load.input_bytes) * pred.ttft_tail
     sd = np.maximum(service99 - ttft1, 0.0) / 2.326
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        m = np.where(phi < 1.0, (1.0 + cs2) / 2.0 * ttft1 / (1.0 - phi), np.inf)
+        theta = _decay_rate(lam, ttft1, sd)
         tail_t = np.where(phi > 0.005,
-                          ttft1 + m * np.log(np.maximum(phi, 1e-300) * 200.0)
-                          + sd * sd / (2.0 * m), 0.0)
+                          ttft1 + (np.log(np.maximum(phi, 1e-300) * 200.0)
+                                   + theta * theta * sd * sd / 2.0) / theta, 0.0)
     prefill99 = np.maximum(ttft1 + 2.576 * sd, tail_t)
     bf = bx.astype(np.float64)
     tpot_full = pred.tpot_ms(bf, share, level, load.prompt, load.output)  # all b slots busy
@@ -297,9 +334,15 @@ def _evaluate(
         n99 = np.clip(np.ceil(n + 2.326 * np.sqrt(n)), 1.0, bf)
         tpot = pred.tpot_ms(np.ceil(np.maximum(n, 1.0)), share, level, load.prompt,
                             load.output)
+        # The prefills a decode step waits behind are the last ``interference_window_s``'s,
+        # not the mean: their count is Poisson(λW), so the busy fraction's p99 is
+        # φ99 = φ + 2.326·TTFT1·√(λ/W); a burst stretches the step by (1 + φ99). It is the same
+        # burst that puts n99 sequences in flight, so both p99s are taken together.
+        phi99 = phi + 2.326 * ttft1 * np.sqrt(lam / (params.interference_window_s * 1000.0))
+        stretch = np.where(phi < 1.0, np.maximum(1.0 / (1.0 - phi), 1.0 + phi99), np.inf)
         tpot99 = np.broadcast_to(
-            np.where(phi < 1.0, pred.tpot_ms(n99, share, level, load.prompt, load.output)
-                     / (1.0 - phi), np.inf) * pred.tpot_tail, allowed.shape)
+            pred.tpot_ms(n99, share, level, load.prompt, load.output) * stretch
+            * pred.tpot_tail, allowed.shape)
     ttft99 = np.broadcast_to(prefill99 + tpot, allowed.shape).copy()
     cap = np.broadcast_to(
         np.minimum(slots_rate, np.where(ttft1 > 0, 1.0 / np.maximum(ttft1, 1e-12), np.inf)),
@@ -725,6 +768,10 @@ def _knapsack_bound(acts: Sequence[int], need: Sequence[int], skip: int) -> floa
 
 
 def oracle(problem: Problem, built: Profiles | None = None) -> Plan:
+    # imported here: the daemon's re-planning never needs the MILP stack (memory footprint)
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_array
+
     params = problem.params
     profiles, missing = built if built is not None else _profiles(problem)
     reasons = {m.split(":", 1)[0]: m.split(": ", 1)[1] for m in missing}

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import least_squares
 
 from gpuguardd.vgpu.profile_data import ProfileRow
 
@@ -217,6 +216,9 @@ def _fit_one(
 ) -> FloatArray:
     """Bounded non-linear least squares on log residuals, seeded by a linear fit with the
     non-linear terms (denominator offset, contention, constant) at zero."""
+    # imported here: a daemon given fitted predictors (JSON) never fits (memory footprint)
+    from scipy.optimize import least_squares
+
     lin, *_ = np.linalg.lstsq(design, obs, rcond=None)
     lin = np.clip(lin, 1e-9, None)
     x0 = np.concatenate([lin, [0.01, 0.1, 0.01 * float(np.min(obs))]])

@@ -4,6 +4,8 @@ Control law per tenant i, placement fixed (the daemon never migrates here):
 
     required_i = S_i(level(co-runner activity now), demand now)       (allocator model)
     raise  when required_i > current_i                                 (SLO at risk: fast)
+           to S_i(level, demand · (1 + demand_band)): a demand still rising would otherwise
+           need another raise, i.e. another restart, within the band
     lower  when current_i - required_i ≥ lower_band_pct
            and the tenant's demand and co-runner activity changed by more than the band
            (|Δdemand| / demand_at_last_plan > demand_band or |Δactivity| > activity_band)
@@ -74,14 +76,16 @@ def replan(
     problem: allocator.Problem,
     now: float,
     policy: ReplanPolicy = ReplanPolicy(),
+    background: Mapping[int, float] | None = None,
 ) -> ReplanResult:
     """``problem`` supplies GPUs, predictors and allocator params; ``tenants`` the specs (the
-    observed demand replaces ``demand_rps``)."""
+    observed demand replaces ``demand_rps``); ``background`` adds, per GPU, the activity of
+    co-runners that are not planned here (a training job, an unmanaged server)."""
     params = problem.params
     restarts = tuple(t for t in state.restarts if now - t < HOUR_S)
     budget = policy.restart_budget_per_hour - len(restarts)
     # co-runner activity per GPU from observations (own footprint as observed)
-    gpu_act: dict[int, float] = {}
+    gpu_act: dict[int, float] = dict(background or {})
     for name, ts in state.tenants.items():
         obs = observed.get(name)
         gpu_act[ts.gpu] = gpu_act.get(ts.gpu, 0.0) + (obs.activity if obs else 0.0)
@@ -108,8 +112,13 @@ def replan(
         why = (f"demand {ts.demand_rps:g}→{obs.demand_rps:g} rps, co-runner activity "
                f"{ts.activity_others:.2f}→{others:.2f}: required {required} %")
         if required > ts.share_pct:
-            wants.append((0, name, max(required, floor), required,
-                          f"raise {ts.share_pct}→{max(required, floor)} %: {why}"))
+            ahead = allocator.build_profile(
+                replace(spec, demand_rps=obs.demand_rps * (1.0 + policy.demand_band)), gpu,
+                pred, params)
+            up = min(100, max(required, ahead.shares[lvl] if lvl < len(ahead.shares) else 100))
+            wants.append((0, name, max(up, floor), required,
+                          f"raise {ts.share_pct}→{max(up, floor)} % (covers "
+                          f"{obs.demand_rps * (1.0 + policy.demand_band):.3g} rps): {why}"))
             continue
         moved = (abs(obs.demand_rps - ts.demand_rps) > policy.demand_band * max(ts.demand_rps, 1e-9)
                  or abs(others - ts.activity_others) > policy.activity_band)

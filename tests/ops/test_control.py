@@ -416,3 +416,47 @@ def test_release_with_the_real_ladder_on_the_simulated_host():
         d.host.close()
         if d.tmpdir is not None:
             d.tmpdir.cleanup()
+
+
+def test_a_second_daemon_stops_before_touching_the_running_ones_state(tmp_path, monkeypatch):
+    """The control socket is bound first: a daemon started by mistake next to a running one
+    fails before it reads (and would restore from) the shared journal or builds the host."""
+    from gpuguardd.app import daemon as app_daemon
+    from gpuguardd.host import real
+
+    running = Rig(tmp_path)  # the running daemon, serving on its control socket
+    try:
+        state = tmp_path / "state"
+        journal = state / "journal.json"
+        before = journal.read_bytes() if journal.exists() else None
+        cfg = config.loads(f"""
+[daemon]
+backend = "real"
+require_gpu = false
+state_dir = "{state}"
+[metrics]
+listen = "127.0.0.1:0"
+[control]
+socket = "{running.path}"
+""")
+
+        def must_not_run(*a, **k):
+            raise AssertionError("the host was built before the single-instance check")
+
+        monkeypatch.setattr(real, "build_real_host", must_not_run)
+        with pytest.raises(app_daemon.StartupError, match="in use by a running gpuguardd"):
+            app_daemon.build(cfg, config_path=None)
+        assert (journal.read_bytes() if journal.exists() else None) == before
+        assert raw(running.path, b'{"cmd": "status"}\n')["ok"] is True  # still the first one's
+    finally:
+        running.close()
+
+
+def test_a_bound_but_not_yet_started_server_says_so(tmp_path):
+    server = ControlServer(str(tmp_path / "c.sock"), None)
+    server.start()
+    try:
+        assert raw(str(tmp_path / "c.sock"), b'{"cmd": "status"}\n') == {
+            "ok": False, "error": "the daemon is starting"}
+    finally:
+        server.close()

@@ -85,6 +85,15 @@ def test_daemonset_has_what_the_daemon_needs():
     assert cfg.control.socket.startswith("/run/gpuguardd/")
     assert cfg.push.socket.startswith("/run/gpuguardd/")
     assert cfg.daemon.state_dir == "/var/lib/gpuguardd"
+    # tenant discovery: on, reading the mounted kubelet socket and the downward API's node name
+    assert cfg.kubernetes.enabled
+    assert cfg.kubernetes.pod_resources_socket.startswith(mounts["pod-resources"]["mountPath"])
+    env = {e["name"]: e for e in c["env"]}
+    assert env[cfg.kubernetes.node_name_env]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "spec.nodeName")
+    assert cfg.kubernetes.api_server == ""  # in-cluster: the service account below
+    assert m["DaemonSet/gpuguardd"]["spec"]["template"]["spec"].get(
+        "automountServiceAccountToken", True) is not False
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
     # RBAC: read pods, nothing else

@@ -79,6 +79,9 @@ def test_deb_contents(deb):
     assert modes["/usr/bin/gpuguardd"] == "-rwxr-xr-x"
     assert modes["/etc/gpuguardd/gpuguardd.toml"] == "-rw-r--r--"  # not group/world-writable
     assert not [p for p in paths if "/tests/" in p]
+    shipped = {Path(p).name.removesuffix(".gz") for p in paths
+               if p.startswith("/usr/share/doc/gpuguardd/")}
+    assert {f.name for f in (ROOT / "docs").glob("*.md")} | {"README.md"} <= shipped
     fields = _dpkg_deb("-f", str(deb), "Depends", "Architecture")
     assert "Architecture: all" in fields
     assert "python3-structlog (>= 23.1)" in fields and "python3-numpy (>= 1.26)" in fields

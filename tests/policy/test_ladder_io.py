@@ -214,3 +214,81 @@ def test_a_binding_throttle_is_replaced_by_moving_the_suspect_then_lifted() -> N
     assert len(releases) == 1 and releases[0][0] >= t_move + cfg.policy.eval_period_s
     assert toy.cap_bps is None and toy.t2_rate() == toy.t2_demand_bps
     assert not state.tenants["t1"].violating
+
+
+def test_a_relaxation_that_brings_the_tail_back_is_reverted_and_the_dwell_doubles() -> None:
+    # t1 ~ 4 ms + 5 ms per GB/s of t2: 19 ms at 3 GB/s, 11.5 ms (calm) at the 1.5 GB/s cap,
+    # 15.3 ms (violating) at the first relaxed cap of 2.25 GB/s
+    toy = Toy(base_s=0.004, slope_s_per_gbps=0.005)
+    cfg = config(policy="guards")
+    state, log = run(toy, cfg, 400.0)
+    lines = [(t, r) for t, d in log for r in d.reasons if "renew" not in r]
+    relax = [t for t, r in lines if "; relax io.max" in r]
+    back = [(t, r) for t, r in lines if "tail back after relax" in r]
+    assert relax and back and back[0][0] > relax[0]
+    assert "next de-escalation after 120 s calm" in back[0][1]
+    assert "back to rbps 1.5 GB/s" in back[0][1]
+    assert state.victims["t1"].relax_backoff >= 2.0
+    if len(relax) > 1:
+        assert relax[1] - back[0][0] >= 2 * cfg.policy.recovery_dwell_s
+    assert state.tenants["t1"].level == 1
+
+
+def test_a_relaxation_is_innocent_when_the_suspect_did_not_use_the_headroom() -> None:
+    toy = Toy(base_s=0.010, slope_s_per_gbps=0.004)
+    cfg = config(policy="guards")
+    state, _ = run(toy, cfg, 60.0)
+    toy.t2_on = False  # the suspect goes idle: relaxing its cap cannot hurt anyone
+
+    def spike(t: float, toy: Toy) -> None:
+        toy.base_s = 0.030 if 250 < t < 300 else 0.010  # the victim's own trouble
+
+    state, log = run(toy, cfg, 400.0, state, start=60.0, every=spike)
+    lines = [r for _, d in log for r in d.reasons] + [state.tenants["t1"].last_reason]
+    assert not [r for r in lines if "tail back after relax" in r]
+
+
+def test_absorb_starts_the_evaluation_when_the_action_was_applied() -> None:
+    toy = Toy()
+    cfg = config()
+    state = LadderState.initial(cfg)
+    t = 0.0
+    d = None
+    for _ in range(3):
+        t += 2.0
+        state, d = decide(state, toy.observe(t), cfg)
+    assert d is not None and d.actions
+    trial = state.victims["t1"].trial
+    assert trial is not None and trial.started_at == t
+    state = absorb(state, [Outcome(a, Result.APPLIED) for a in d.actions], t + 1.5)
+    trial = state.victims["t1"].trial
+    assert trial is not None and trial.started_at == t + 1.5
+
+
+def test_a_throttle_the_executor_reverted_at_expiry_is_forgotten() -> None:
+    toy = Toy()
+    cfg = config()
+    state, log = run(toy, cfg, 6.0)
+    (a,) = [a for _, d in log for a in d.actions]
+    state = absorb(state, [Outcome(a, Result.REVERTED, "expired")], 7.0)
+    assert a.key not in state.levers
+
+
+def test_a_tighten_the_executor_could_not_apply_leaves_the_throttle_as_it_was() -> None:
+    toy = Toy()
+    cfg = config(policy="guards")
+    state = LadderState.initial(cfg)
+    t, tightened = 0.0, None
+    while tightened is None and t < 100:
+        t += 2.0
+        state, d = decide(state, toy.observe(t), cfg)
+        tight = [a for a, r in zip(d.actions, d.reasons, strict=True) if "tighten" in r]
+        if tight:
+            tightened = tight[0]
+            state = absorb(state, [Outcome(tightened, Result.FAILED, "EBUSY")], t)
+        else:
+            state = absorb(state, toy.apply(d.actions), t)
+    assert isinstance(tightened, IoThrottle)
+    lever = state.levers[tightened.key]
+    assert lever.cap_r_bps == 1_500_000_000, "back to the cap the host still has"
+    assert state.victims["t1"].trial is None and tightened.key in state.blocked

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpuguardd.config import Config, PolicyConfig, SloConfig, TenantConfig
-from gpuguardd.model.actions import IoThrottle, Migrate, MigResize, MpsLimit
+from gpuguardd.model.actions import IoRelease, IoThrottle, Migrate, MigResize, MpsLimit
 from gpuguardd.model.snapshot import Placement, TenantClass
 
 from .fakes import p4d
@@ -45,7 +45,9 @@ def test_compute_suspect_on_the_victims_gpu_gets_an_mps_limit_only_if_restartabl
         [Member("t1", L, Placement(2)), Member("t3", B, Placement(2))],  # no MIG: shared SMs
         antagonist="t3", on=toggling,
     )
-    state, log = drive(scene, cfg("guards", batch_restartable=restartable), 60)
+    # on 40 s / off 20 s: the first toggles give the correlation that a shared pool's SM
+    # activity needs before it may blame the neighbour; at t = 70 the neighbour is on again
+    state, log = drive(scene, cfg("guards", batch_restartable=restartable), 35)
     mps = [(a, r) for a, r in actions(log) if isinstance(a, MpsLimit) and a.pct is not None]
     assert bool(mps) is expect_mps
     if expect_mps:
@@ -194,3 +196,60 @@ def test_the_victim_is_only_disrupted_once_its_missed_requests_exceed_the_outage
     resizes = [(t, a) for t, d in log for a in d.actions if isinstance(a, MigResize)]
     assert len(resizes) == 1
     assert 40.0 <= resizes[0][0] <= 46.0
+
+
+def test_a_throttle_is_released_when_its_target_leaves_the_victims_link() -> None:
+    scene = Scene(
+        [Member("t1", L, Placement(0)), Member("t2", B, Placement(1), io_bps=3e9)],
+        antagonist="t2", on=lambda t: True,
+    )
+    c = cfg("guards")
+    state, log = drive(scene, c, 5)
+    assert [a for a, _ in actions(log) if isinstance(a, IoThrottle)]
+    scene.members[1].placement = Placement(6)  # moved by someone else: other switch and NUMA
+    state, log = drive(scene, c, 2, state)
+    released = [(a, r) for a, r in actions(log) if isinstance(a, IoRelease)]
+    assert len(released) == 1 and "no longer shares the pcie path with t1" in released[0][1]
+    assert not state.levers
+
+
+def test_mps_trial_waits_for_the_suspects_restart() -> None:
+    from dataclasses import replace as dc_replace
+
+    from gpuguardd.model.actions import Outcome, Result
+    from gpuguardd.policy import LadderState, absorb, decide
+
+    scene = Scene([Member("t1", L, Placement(2)), Member("t3", B, Placement(2))],
+                  antagonist="t3", on=toggling)
+    c = cfg("guards")
+    state = LadderState.initial(c)
+    issued = None
+    down_until = None
+    for _ in range(80):
+        snap = scene.snapshot()
+        if down_until is not None and snap.now < down_until:
+            t3 = snap.tenants["t3"]
+            snap = dc_replace(snap, tenants={**snap.tenants, "t3": dc_replace(t3, running=False)})
+        state, d = decide(state, snap, c)
+        for a in d.actions:
+            scene.apply(a)
+            if isinstance(a, MpsLimit) and a.pct is not None and issued is None:
+                issued, down_until = snap.now, snap.now + 30.0
+        state = absorb(state, [Outcome(a, Result.APPLIED) for a in d.actions], snap.now)
+        trial = state.victims["t1"].trial
+        if issued is not None and down_until is not None and snap.now < down_until:
+            assert trial is not None and "t3" in state.pending, "judged only once t3 is back"
+    assert issued is not None
+
+
+def test_a_joint_throttle_that_did_not_help_is_not_retried_on_either_suspect() -> None:
+    scene = Scene(
+        [Member("t1", L, Placement(0)), Member("t2", B, Placement(1), io_bps=3e9),
+         Member("t3", B, Placement(1), io_bps=3e9)],
+        antagonist="nobody", on=lambda t: True,  # the tail does not depend on them
+    )
+    state, log = drive(scene, cfg("guards"), 60)
+    firsts = [a for a, r in actions(log) if isinstance(a, IoThrottle) and "renew" not in r
+              and "back to" not in r and "tighten" not in r]
+    assert sorted(a.tenant for a in firsts) == ["t2", "t3"], "one joint throttle, never again"
+    assert {"io.max t2", "io.max t3"} <= set(state.victims["t1"].failed)

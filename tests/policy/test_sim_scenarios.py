@@ -18,7 +18,7 @@ from gpuguardd.model.actions import Action, IoThrottle, Migrate, MigResize, MpsL
 from .simloop import run
 
 GOLDEN = Path(__file__).parent / "golden"
-SCENARIOS = ("noisy-neighbor", "pcie-hotspot", "azure-conv")
+SCENARIOS = ("noisy-neighbor", "pcie-hotspot", "azure-conv", "shared-gpu")
 
 
 def _value(a: Action) -> str:
@@ -33,8 +33,20 @@ def _value(a: Action) -> str:
     return ""
 
 
+def _needs_data(scenario: str) -> None:
+    from gpuguardd.sim.scenario import ScenarioError, load_scenario
+
+    try:
+        load_scenario(scenario, seed=1)
+    except ScenarioError as e:
+        if "shared data folder not found" in str(e):
+            pytest.skip(f"{scenario} replays a trace from the shared data folder: {e}")
+        raise
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_golden_decision_trace(scenario: str) -> None:
+    _needs_data(scenario)
     r = run(scenario, "full", 1)
     lines = [
         f"t={t:.0f} {a.kind} {a.key} {_value(a)} | {why}"
@@ -74,3 +86,16 @@ def test_pcie_hotspot_full_moves_the_etl_off_the_victims_switch_and_says_why() -
     llm = r.results["tenants"]["llm"]
     assert llm["slo_violation_rate"] < static["slo_violation_rate"]
     assert llm["ttft_p99_ms"] < static["ttft_p99_ms"]
+
+
+def test_shared_gpu_full_limits_the_training_jobs_threads_and_lifts_the_limit_after() -> None:
+    r = run("shared-gpu", "full", 1)
+    mps = [(t, a, why) for t, d in r.trace for a, why in zip(d.actions, d.reasons, strict=True)
+           if isinstance(a, MpsLimit)]
+    assert mps and mps[0][1].tenant == "train" and mps[0][1].pct == 50
+    assert "cause compute" in mps[0][2] and "without MIG isolation" in mps[0][2]
+    assert mps[-1][1].pct is None, "lifted once the training job no longer runs"
+    static = run("shared-gpu", "static", 1).results["tenants"]["llm"]
+    llm = r.results["tenants"]["llm"]
+    assert llm["slo_violation_rate"] <= 0.5 * static["slo_violation_rate"]
+    assert llm["ttft_p99_ms"] <= 0.75 * static["ttft_p99_ms"]

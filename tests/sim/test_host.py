@@ -265,9 +265,9 @@ def test_vgpu_share_applies_at_restart() -> None:
     sc = loads(SHARED_GPU, seconds=60)
     host = sc.build_host()
     host.observe(1.0)
-    host.set_vgpu("train", 30, 20 * 2**30)
-    assert host.observe(2.0).tenants["train"].share_pct is None
-    host.restart_tenant("train", None, {})
+    host.set_vgpu("train", 30, 20 * 2**30)  # restarts it: the share applies when it is up
+    down = host.observe(2.0).tenants["train"]
+    assert down.share_pct is None and not down.running
     assert host.observe(30.0).tenants["train"].share_pct == 30
     with pytest.raises(LeverError, match=r"1\.\.100"):
         host.set_vgpu("train", 0, 2**30)

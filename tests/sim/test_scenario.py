@@ -227,3 +227,9 @@ def test_the_contract_example_is_checked_against_physics() -> None:
         "1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]
     assert snap.tenants["t2"].placement is not None
     assert snap.tenants["t2"].placement.gi_id is not None  # first instance of GPU 1
+
+
+def test_event_fields_of_the_wrong_type_are_errors_not_crashes() -> None:
+    errs = errors_of(MINIMAL + "[[event]]\nat_s = 1\ntenant = []\naction = {}\n")
+    assert any(e.startswith("event[0].tenant: expected a tenant name") for e in errs), errs
+    assert any(e.startswith("event[0].action: expected one of") for e in errs), errs

@@ -21,6 +21,13 @@ def a100_predictors() -> dict[tuple[str, str], object]:
             for name, arch in BUILTIN.items()}
 
 
+@pytest.fixture(scope="session")
+def a100_mps_predictors() -> dict[tuple[str, str], object]:
+    """Fitted on profiles with co-runner contention (kernels overlap, as under MPS)."""
+    return {(name, A100.name): synthetic.fitted_predictor(arch, A100, cal=synthetic.MPS)
+            for name, arch in BUILTIN.items()}
+
+
 def example_tenants() -> tuple[allocator.TenantSpec, ...]:
     data = tomllib.loads(EXAMPLE.read_text())
     return tuple(

@@ -32,7 +32,7 @@ def test_six_model_mix_saves_a_quarter_and_matches_the_oracle(a100_predictors: d
     plan, best, static = allocator.greedy(pb), allocator.oracle(pb), allocator.static(pb)
     assert plan.feasible and best.feasible and best.optimal
     static_total = sum(t.static_share_pct or 0 for t in pb.tenants)
-    assert plan.total_share_pct <= 0.8 * static_total  # measured: 146 % vs 200 %
+    assert plan.total_share_pct <= 0.8 * static_total  # measured: 149 % vs 200 %
     assert best.total_share_pct <= plan.total_share_pct <= 1.05 * best.total_share_pct
     for a in plan.assignments.values():
         t = next(x for x in pb.tenants if x.name == a.tenant)
@@ -45,12 +45,14 @@ def test_six_model_mix_saves_a_quarter_and_matches_the_oracle(a100_predictors: d
     assert static.total_share_pct == static_total
 
 
-def test_co_runners_raise_the_share(a100_predictors: dict) -> None:
+def test_co_runners_raise_the_share(a100_mps_predictors: dict) -> None:
+    # with profiles that show contention; under time slicing (the default) there is none
     a = tenant("a", "Qwen3-1.7B", 3.0, ttft=400, tpot=40)  # latency-bound, not memory-bound
-    alone = allocator.greedy(problem((a,), a100_predictors, 1))
+    alone = allocator.greedy(problem((a,), a100_mps_predictors, 1))
     crowd = allocator.greedy(problem(
-        (a, tenant("b", "Qwen3-8B", 0.5, ttft=1500),
-         tenant("c", "DeepSeek-R1-Distill-Qwen-7B", 0.5, ttft=1500)), a100_predictors, 1))
+        (a, tenant("b", "Qwen3-8B", 0.5, ttft=1500, tpot=100),
+         tenant("c", "DeepSeek-R1-Distill-Qwen-7B", 0.5, ttft=1500, tpot=100)),
+        a100_mps_predictors, 1))
     assert crowd.feasible
     assert crowd.assignments["a"].share_pct > alone.assignments["a"].share_pct
 
@@ -188,3 +190,29 @@ def test_erlang_c_closed_form_matches_the_recursion(c: int, frac: float) -> None
 
     got = float(allocator._erlang_c(np.array(c), np.array(frac * c)))
     assert got == pytest.approx(_erlang_c_reference(c, frac * c), abs=1e-9)
+
+
+def test_prefill_wait_tail_decays_at_the_m_g_1_rate() -> None:
+    """_decay_rate solves λ·(E[e^(θS)] - 1) = θ (S normal) to 1e-4 over four decades of load."""
+    import numpy as np
+    from scipy.optimize import brentq
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        mean = rng.uniform(1.0, 2000.0)
+        phi = 10 ** rng.uniform(-3.0, np.log10(0.98))
+        sd = mean * rng.uniform(0.0, 0.6)
+        lam = phi / mean
+
+        def g(th: float, lam: float = lam, mean: float = mean, sd: float = sd) -> float:
+            return float(lam * np.expm1(th * mean + th * th * sd * sd / 2.0) - th)
+
+        hi = 1.0 / mean
+        while g(hi) < 0:
+            hi *= 2.0
+        want = brentq(g, 1e-12 / mean, hi, rtol=1e-12)
+        got = float(allocator._decay_rate(np.array(lam), np.array(mean), np.array(sd)))
+        assert got == pytest.approx(want, rel=1e-4), (mean, phi, sd)
+    edge = allocator._decay_rate(np.array([0.0, 0.02]), np.array([100.0, 100.0]),
+                                 np.array([0.0, 0.0]))
+    assert edge[0] == np.inf and edge[1] == 0.0  # no load: no wait; φ = 2: unstable
