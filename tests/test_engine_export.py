@@ -11,6 +11,7 @@ from gpuguardd import config
 from gpuguardd.export.http import MetricsServer
 from gpuguardd.export.metrics import GpuguardCollector, make_registry
 from gpuguardd.model.actions import IoLimit, IoThrottle
+from gpuguardd.policy import Decision, Quantiles, TenantStatus
 from gpuguardd.runtime.engine import Engine, Policy
 from gpuguardd.runtime.executor import Executor
 from gpuguardd.runtime.journal import Journal
@@ -27,34 +28,9 @@ name = "t2"
 
 
 @dataclass(frozen=True)
-class Q:
-    p50: float
-    p99: float
-    p999: float
-
-
-@dataclass(frozen=True)
-class St:
-    name: str
-    level: int
-    ttft: Q | None
-    tpot: Q | None = None
-    window_ok: bool = True
-    violating: bool = False
-    violation_windows_total: int = 0
-    last_reason: str = ""
-
-
-@dataclass(frozen=True)
 class State:
     tenants: dict = field(default_factory=dict)
     level_changes_total: int = 0
-
-
-@dataclass(frozen=True)
-class D:
-    actions: tuple = ()
-    reasons: tuple = ()
 
 
 def decide(state, snap, cfg):
@@ -63,13 +39,14 @@ def decide(state, snap, cfg):
     bad = p99 is not None and p99 > 0.015
     prev = state.tenants.get("t1")
     total = (prev.violation_windows_total if prev else 0) + bad
-    st = St("t1", int(bad), Q(t1.quantile(0.5), p99, t1.quantile(0.999)),
-            violating=bad, violation_windows_total=total)
+    st = TenantStatus("t1", int(bad), Quantiles(t1.quantile(0.5), p99, t1.quantile(0.999)),
+                      None, window_ok=True, violating=bad, violation_windows_total=total,
+                      last_reason="")
     actions = (IoThrottle("t2", "8:0", IoLimit(rbps=10**7), "t1 slow", snap.now + 10),) if bad \
         else ()
     changed = prev is not None and prev.level != st.level
     return State({"t1": st}, state.level_changes_total + changed), \
-        D(actions, tuple(a.reason for a in actions))
+        Decision(actions, tuple(a.reason for a in actions))
 
 
 TEST_POLICY = Policy(lambda cfg: State(), decide, lambda s, o, now: s)

@@ -23,6 +23,7 @@ from gpuguardd.export.http import MetricsServer
 from gpuguardd.export.metrics import GpuguardCollector, make_registry
 from gpuguardd.model.actions import IoLimit, IoThrottle, Migrate, Result
 from gpuguardd.model.snapshot import Placement
+from gpuguardd.policy import Decision, Quantiles, TenantStatus
 from gpuguardd.runtime.engine import Engine, Policy
 from gpuguardd.runtime.executor import Executor
 from gpuguardd.runtime.journal import Journal
@@ -43,37 +44,20 @@ THROTTLE = IoLimit(rbps=10**7)
 
 
 @dataclass(frozen=True)
-class St:
-    name: str
-    level: int
-    ttft: dict | None
-    tpot: dict | None = None
-    window_ok: bool = True
-    violating: bool = False
-    violation_windows_total: int = 0
-    last_reason: str = ""
-
-
-@dataclass(frozen=True)
 class State:
     tenants: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class D:
-    actions: tuple = ()
-    reasons: tuple = ()
 
 
 def decide(state, snap, cfg):
     """Throttle t2 for t1 while t1's p99 is over 15 ms (expiring 100 s later)."""
     p99 = snap.tenants["t1"].latency.ttft.quantile(0.99)
     bad = p99 is not None and p99 > 0.015
-    st = St("t1", int(bad), {"p50": p99, "p99": p99, "p999": p99}, violating=bad,
-            last_reason=f"t1 ttft p99 {p99 * 1e3:.0f}ms > 15ms" if bad else "")
+    st = TenantStatus("t1", int(bad), Quantiles(p99, p99, p99) if p99 is not None else None,
+                      None, window_ok=True, violating=bad, violation_windows_total=0,
+                      last_reason=f"t1 ttft p99 {p99 * 1e3:.0f}ms > 15ms" if bad else "")
     actions = (IoThrottle("t2", "8:0", THROTTLE, f"t1 ttft p99 {p99 * 1e3:.0f}ms > 15ms",
                           snap.now + 100),) if bad else ()
-    return State({"t1": st}), D(actions)
+    return State({"t1": st}), Decision(actions, tuple(a.reason for a in actions))
 
 
 POLICY = Policy(lambda cfg: State(), decide, lambda s, o, now: s)

@@ -3,21 +3,12 @@
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).resolve().parents[2] / "systemd" / "gpuguardd.service"
+from tests.test_systemd import UNIT, directives
+
 MAX_EXPOSURE = 4.0
-
-
-def directives() -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
-        m = re.match(r"^(\w+)=(.*)$", line)
-        if m:
-            out.setdefault(m.group(1), []).append(m.group(2))
-    return out
 
 
 def test_security_score(tmp_path):

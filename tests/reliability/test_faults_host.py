@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pynvml
 import pytest
 from structlog.testing import capture_logs
 
@@ -29,6 +28,7 @@ from gpuguardd.host.real import RealHost
 from gpuguardd.model.actions import IoLimit, IoThrottle, MpsLimit, Result
 from gpuguardd.model.snapshot import Snapshot
 from tests.host.test_real import config
+from tests.reliability.conftest import real_host
 from tests.reliability.helpers import events, make_engine, metric, scripted_policy
 
 DEV = "8:16"
@@ -36,23 +36,6 @@ ETL = "system.slice/etl.service"
 CAP = IoLimit(wbps=20_000_000)
 ORIGINAL = IoLimit(wbps=1048576)  # what the fake tree's io.max holds
 
-
-def _no_lib(name: str) -> object:
-    raise OSError(name)
-
-
-@pytest.fixture
-def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pynvml, "nvmlLib", None)
-    monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer_cache", {})
-    monkeypatch.setattr(pynvml, "CDLL", _no_lib)
-
-
-def real_host(tmp_path: Path, tree: Path, **tenant_changes: Any) -> RealHost:
-    cfg = config(tmp_path, require_gpu=False)
-    t2 = dataclasses.replace(cfg.tenants[1], **tenant_changes)
-    cfg = dataclasses.replace(cfg, tenants=(cfg.tenants[0], t2, *cfg.tenants[2:]))
-    return RealHost(cfg, HostPaths(tree, tree / "cgroup"), monitor=False)
 
 
 def throttle_every_tick(snap: Snapshot) -> list[IoThrottle]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import http.client
 import io
 import json
@@ -16,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pynvml
 import pytest
 import structlog
 
@@ -25,34 +23,15 @@ from gpuguardd.config import HooksConfig
 from gpuguardd.export import logs
 from gpuguardd.export.http import MetricsServer
 from gpuguardd.export.metrics import GpuguardCollector, make_registry
-from gpuguardd.host.paths import HostPaths
-from gpuguardd.host.real import RealHost
 from gpuguardd.host.tenants import SAFE_PATH
 from gpuguardd.model.actions import IoLimit, IoThrottle, MpsLimit, Result
 from gpuguardd.runtime.journal import Journal, JournalError
-from tests.host.test_real import config as real_config
+from tests.reliability.conftest import real_host
 from tests.reliability.helpers import make_engine, scripted_policy
 
 ROOT = Path(__file__).parents[2]
 DEV = "8:16"
 
-
-def _no_lib(name: str) -> object:
-    raise OSError(name)
-
-
-@pytest.fixture
-def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pynvml, "nvmlLib", None)
-    monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer_cache", {})
-    monkeypatch.setattr(pynvml, "CDLL", _no_lib)
-
-
-def host_with(tmp_path: Path, tree: Path, **t2_changes: Any) -> RealHost:
-    cfg = real_config(tmp_path, require_gpu=False)
-    t2 = dataclasses.replace(cfg.tenants[1], **t2_changes)
-    cfg = dataclasses.replace(cfg, tenants=(cfg.tenants[0], t2, *cfg.tenants[2:]))
-    return RealHost(cfg, HostPaths(tree, tree / "cgroup"), monitor=False)
 
 
 # -- metrics / status endpoint -------------------------------------------------------------------
@@ -92,7 +71,7 @@ def test_no_secrets_in_logs(tmp_path: Path, tree: Path, script: str) -> None:
     """Hook argv arguments and env values never reach the log; secret-looking key=value
     pairs and URL credentials printed by anything are masked by the log pipeline."""
     argv = [sys.executable, "-c", script, "--token=s3cr3t", "http://admin:s3cr3t@host/x"]
-    host = host_with(tmp_path, tree, hooks=HooksConfig(restart=argv, timeout_s=1.0))
+    host = real_host(tmp_path, tree, hooks=HooksConfig(restart=argv, timeout_s=1.0))
     out = io.StringIO()
     logs.setup("debug", out, json=True)
     try:
@@ -184,7 +163,7 @@ def test_no_symlinks_out_of_the_cgroup_root(tmp_path: Path, tree: Path, where: s
         rel = "system.slice/etl.service"
         (slice_ / "etl.service" / "io.max").unlink()
         os.symlink(victim, slice_ / "etl.service" / "io.max")
-    host = host_with(tmp_path, tree, cgroup=rel)
+    host = real_host(tmp_path, tree, cgroup=rel)
     engine, _ = make_engine(tmp_path / "state", host, scripted_policy(
         lambda s: [IoThrottle("t2", DEV, IoLimit(wbps=10**7), "t1 slow", expires_at=9.0)]),
         host.config)
@@ -207,7 +186,7 @@ def test_only_the_configured_roots_are_ever_written(tmp_path: Path, tree: Path) 
     restores, a hook run, the journal and the push socket lands under the cgroup root, the
     state dir or the push socket's directory (CPython audit events)."""
     argv = [sys.executable, "-c", "pass"]
-    host = host_with(tmp_path, tree, hooks=HooksConfig(restart=argv, stop=argv))
+    host = real_host(tmp_path, tree, hooks=HooksConfig(restart=argv, stop=argv))
     state = tmp_path / "state"
     roots = [tree / "cgroup", state, Path(host.config.push.socket).parent]
     writes: list[str] = []
@@ -263,7 +242,7 @@ def test_hooks_run_as_argv_with_a_timeout_and_a_cleared_environment(
     script = "import json, os, sys; json.dump({'argv': sys.argv[1:], 'env': dict(os.environ)}, " \
              f"open({str(record)!r}, 'w'))"
     argv = [sys.executable, "-c", script, f"$(touch {pwned})", "; touch " + str(pwned)]
-    host = host_with(tmp_path, tree, hooks=HooksConfig(restart=argv, timeout_s=5.0))
+    host = real_host(tmp_path, tree, hooks=HooksConfig(restart=argv, timeout_s=5.0))
     try:
         host.restart_tenant("t2", None, {"CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "40"})
     finally:
