@@ -171,6 +171,14 @@ class PolicyConfig:
         "than this outage would delay (ski rental), seconds",
         lo=0.0,
     )
+    move_outage_s: float = _f(
+        30.0,
+        "expected outage of restarting a restartable batch tenant to move it, seconds: on a "
+        "PCIe cause the ladder moves the suspect at once instead of trying io.max when the "
+        "throttle that would meet the SLO is predicted to cost it more throughput before "
+        "stopgap_s than this outage",
+        lo=0.0,
+    )
     lever_memory_s: float = _f(
         900.0, "a lever whose trial failed is not retried for the same victim for this long "
         "(doubling with each further failure), seconds",

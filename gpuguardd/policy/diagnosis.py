@@ -37,6 +37,8 @@ MIN_SCORE = 0.05
 AMBIGUOUS_R = 0.5
 #: fewer paired points than this give no correlation
 MIN_POINTS = 5
+#: a signal below this fraction of its current value counts as quiet
+QUIET = 0.1
 #: named suspects beat anonymous load of the same resource at equal evidence
 ANONYMOUS_WEIGHT = 0.9
 
@@ -71,6 +73,11 @@ class Suspect:
     pressure: float
     r: float | None
     score: float
+    #: the victim's p99/SLO this signal accounts for at its current value: the fitted line's
+    #: slope x value, bounded by the tail's excess over its level while the signal was quiet;
+    #: None without a correlation. What cutting the signal would buy, to first order: the
+    #: ladder uses it to predict how deep a throttle must cut.
+    effect: float | None = None
 
     def describe(self) -> str:
         corr = f"r={self.r:.2f}" if self.r is not None else "r=n/a"
@@ -165,6 +172,9 @@ class _Evidence:
     #: the victim's p99/SLO the fitted line attributes to the signal's current value
     #: (slope x value); None without a correlation
     explained: float | None
+    #: the victim's mean p99/SLO over the ticks the signal was quiet (below QUIET of its
+    #: current value), None with fewer than MIN_POINTS of them
+    quiet_ratio: float | None
 
 
 def _candidate(
@@ -197,7 +207,9 @@ def _candidate(
         sxx = sum((x - mx) ** 2 for x in xs)
         sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
         explained = max(0.0, sxy / sxx * value)
-    return _Evidence(value, pressure, r, explained)
+    quiet = [y for x, y in zip(xs, ys, strict=True) if x <= QUIET * value]
+    quiet_ratio = sum(quiet) / len(quiet) if len(quiet) >= MIN_POINTS else None
+    return _Evidence(value, pressure, r, explained, quiet_ratio)
 
 
 def relation(topology: Topology, v: Placement, o: Placement) -> tuple[str, str] | None:
@@ -302,7 +314,8 @@ def diagnose(
         if tenant is None:
             score *= ANONYMOUS_WEIGHT
         if score > 0:
-            found.append(Suspect(tenant, cause, label, relation, value, pressure, r, score))
+            found.append(Suspect(tenant, cause, label, relation, value, pressure, r, score,
+                                 _effect(c, now_ratio)))
 
     anon_pcie_gpus: list[int] = []
     for o in sorted(snapshot.tenants.values(), key=lambda t: t.name):
@@ -362,6 +375,20 @@ def diagnose(
     med = _irq_normal(history, numa)
     add(None, "host", "IRQ", f"CPUs of NUMA {numa}", _irq_excess(numa, med), IRQ_BURST * med)
     return _rank(found)
+
+
+def _effect(c: _Evidence, now_ratio: float | None) -> float | None:
+    """How much of the victim's p99/SLO the signal accounts for now.
+
+    The fitted slope over-reads at an onset: a p99 jumps with the first bursts while the
+    smoothed signal is still ramping up. The victim's tail over the ticks the signal was quiet
+    bounds it: removing the signal cannot take the tail below what it was without it.
+    """
+    if c.explained is None:
+        return None
+    if now_ratio is None or c.quiet_ratio is None:
+        return c.explained
+    return max(0.0, min(c.explained, now_ratio - c.quiet_ratio))
 
 
 def _rank(found: list[Suspect]) -> Diagnosis:

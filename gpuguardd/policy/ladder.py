@@ -10,7 +10,10 @@ Per protected tenant (victim):
              -> keep; otherwise revert it and remember it failed (lever_memory_s)
     escalate tighten an io throttle still above its floor, else diagnose and apply the cheapest
              lever that addresses the cause and has not failed recently: io.max -> MPS ->
-             placement -> MIG resize. Restarting the victim itself (its move, its resize)
+             placement -> MIG resize. On a PCIe cause the first lever is chosen by cost: a
+             restartable suspect is moved at once when the throttle that would bring the tail
+             back is predicted to take more of its throughput before the stopgap than the
+             restart of a move (move_outage_s). Restarting the victim itself (its move, its resize)
              waits until more of its requests missed the SLO than the outage would delay
              (ski rental, restart_outage_s)
     cure     a throttle that binds a restartable suspect for stopgap_s is replaced by moving the
@@ -629,6 +632,12 @@ class _Tick:
             recovery_bound=1.0 - self.pc.recovery_margin,
         )
         head = f"{head}; {diag.describe()}"
+        first = self._move_first(name, reading, diag, v)
+        if isinstance(first, tuple):
+            self._start(name, reading, LEVEL_PLACE, first[0], first[1], head)
+            return
+        if first is not None:
+            head = f"{head}; {first}"
         tried: list[str] = []
         for level in CAUSE_LEVELS[diag.cause]:
             if level not in self.allowed:
@@ -642,6 +651,47 @@ class _Tick:
             return
         detail = "; ".join(tried) if tried else f"policy {self.pc.name} has no lever for it"
         self._note(name, f"{head}; no lever: {detail}")
+
+    def _move_first(
+        self, name: str, reading: TailReading, diag: Diagnosis, v: Victim
+    ) -> tuple[str, list[Step]] | str | None:
+        """Move the top PCIe suspect at once when an io.max trial would cost it more.
+
+        Returns the move, or why the throttle comes first (the costs compared), or None when
+        there is nothing to compare.
+
+        Cutting the suspect's rate to a fraction ``keep`` of what it is takes, to first order,
+        ``(1 - keep) x effect`` off the victim's p99/SLO (``effect``: from the diagnosis), so
+        bringing the tail to the middle of the dead band - within the SLO with room for a
+        window's noise on both sides - needs ``keep <= 1 - (p99/SLO - aim) / effect``. Held until
+        the stopgap replaces it by a move anyway, that throttle costs the suspect
+        ``(1 - keep) x stopgap_s`` seconds of throughput; the move costs ``move_outage_s``.
+        When the throttle is the dearer of the two, the ladder skips it. The fitted line is
+        optimistic for bursty transfers (a throttle thins bursts, it does not shorten them), so
+        the rule errs towards trying the throttle, the lighter lever.
+        """
+        pc = self.pc
+        if (diag.cause != "pcie" or pc.stopgap_s <= 0 or reading.ratio is None
+                or not {LEVEL_IO, LEVEL_PLACE} <= self.allowed):
+            return None
+        top = next((s for s in diag.named if s.cause == "pcie"), None)
+        if (top is None or top.tenant is None or top.effect is None or top.effect <= 0
+                or not may_restart(top.tenant, self.snap, self.cfg)):
+            return None
+        aim = 1.0 - pc.recovery_margin / 2.0  # the middle of the dead band
+        keep = max(0.0, 1.0 - (reading.ratio - aim) / top.effect)
+        cost = (1.0 - keep) * pc.stopgap_s
+        compared = (f"io.max would have to hold {top.tenant} at <= {keep:.0%} of its rate to "
+                    f"bring p99 to {aim:.0%} of the SLO (its effect {top.effect:.2f} x SLO): "
+                    f"~{cost:.0f} s of its throughput within the {pc.stopgap_s:.0f} s stopgap")
+        if cost <= pc.move_outage_s:
+            return f"{compared} <= a {pc.move_outage_s:.0f} s restart"
+        planned = self._plan_place(name, diag, v, only=top.tenant)
+        if isinstance(planned, str):
+            return f"{compared} > a {pc.move_outage_s:.0f} s restart, but {planned}"
+        label, [(action, lever, detail)] = planned
+        return label, [(action, lever,
+                        f"{compared} > a {pc.move_outage_s:.0f} s restart; {detail}")]
 
     def _plan(
         self, level: int, victim: str, diag: Diagnosis, v: Victim
@@ -811,13 +861,15 @@ class _Tick:
 
     # -- level 3: placement ----------------------------------------------------------------
     def _plan_place(
-        self, victim: str, diag: Diagnosis, v: Victim
+        self, victim: str, diag: Diagnosis, v: Victim, only: str | None = None
     ) -> Plan:
+        """A move that separates the victim from its suspects (of ``only``, when given)."""
         taken = {str(p.to) for p in self.pending.values() if p.to is not None}
         mv = plan_move(
             victim, diag, self.snap, self.history[-self.pc.violation_windows :],
             protected=self.protected, history=self.history,
-            may_restart=lambda n: may_restart(n, self.snap, self.cfg),
+            may_restart=(lambda n: may_restart(n, self.snap, self.cfg)) if only is None
+            else lambda n: n == only and may_restart(n, self.snap, self.cfg),
             blocked_gpus=self.busy_gpus(),
             taken=taken,
             failed=lambda label: label in v.failed,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
 
 from gpuguardd.config import Config
 from gpuguardd.model.actions import IoRelease, IoThrottle, Migrate, MpsLimit, Outcome, Result
@@ -292,3 +296,68 @@ def test_a_tighten_the_executor_could_not_apply_leaves_the_throttle_as_it_was() 
     lever = state.levers[tightened.key]
     assert lever.cap_r_bps == 1_500_000_000, "back to the cap the host still has"
     assert state.victims["t1"].trial is None and tightened.key in state.blocked
+
+
+# -- the cost-aware first lever on a PCIe cause ------------------------------------------------
+
+def _first_action(toy: Toy, cfg: Config) -> tuple[object, str]:
+    """t2 quiet for 40 s (the victim's tail without it), then on: the ladder's first action."""
+    def onset(t: float, toy: Toy) -> None:
+        toy.t2_on = t > 40.0
+
+    _, log = run(toy, cfg, 70.0, every=onset)
+    acted = [(a, r) for _, d in log for a, r in zip(d.actions, d.reasons, strict=True)]
+    assert acted, "the ladder never acted on the violation"
+    return acted[0]
+
+
+@pytest.mark.parametrize(
+    ("base_s", "slope", "knobs", "first"),
+    [
+        # t1 6.7 -> 22 ms/15 ms when t2 reads 3 GB/s: a throttle would have to cut t2 to ~30 %
+        # of its rate, ~40 s of its throughput within the 60 s stopgap > a 30 s restart: move
+        (0.010, 0.004, {}, Migrate),
+        # the same interference, but a restart is dearer than the throttle could ever cost
+        (0.010, 0.004, {"move_outage_s": 120.0}, IoThrottle),
+        # no stopgap: a throttle is never replaced by a move, so it is not compared with one
+        (0.010, 0.004, {"stopgap_s": 0.0}, IoThrottle),
+        # mild: 4 -> 16 ms; keeping ~80 % of t2's rate would do: ~13 s < 30 s: throttle
+        (0.004, 0.004, {}, IoThrottle),
+        # guards cannot move: throttle
+        (0.010, 0.004, {"policy": "guards"}, IoThrottle),
+    ],
+)
+def test_first_lever_on_a_pcie_cause_is_the_cheaper_of_throttle_and_move(
+    base_s: float, slope: float, knobs: dict[str, Any], first: type
+) -> None:
+    toy = Toy(base_s=base_s, slope_s_per_gbps=slope)
+    cfg = config(**knobs)
+    action, reason = _first_action(toy, cfg)
+    assert isinstance(action, first), reason
+    assert "cause pcie" in reason and "t2" in reason
+    if first is Migrate:
+        assert isinstance(action, Migrate) and action.tenant == "t2"
+        assert not toy.topology.share_switch(action.to.gpu, 0)
+        assert "io.max would have to hold t2 at <=" in reason and "> a 30 s restart" in reason
+
+
+def test_a_non_restartable_suspect_is_throttled_however_deep_the_cut() -> None:
+    toy = Toy(base_s=0.010, slope_s_per_gbps=0.004)
+    base = config()
+    cfg = replace(base, tenants=tuple(replace(t, restartable=False) if t.name == "t2" else t
+                                      for t in base.tenants))
+    action, reason = _first_action(toy, cfg)
+    assert isinstance(action, IoThrottle) and action.tenant == "t2", reason
+
+
+def test_the_victims_tail_recovers_after_the_move_first_and_nothing_is_left_throttled() -> None:
+    toy = Toy(base_s=0.010, slope_s_per_gbps=0.004)
+    cfg = config()
+
+    def onset(t: float, toy: Toy) -> None:
+        toy.t2_on = t > 40.0
+
+    state, log = run(toy, cfg, 200.0, every=onset)
+    assert not throttles(log)
+    assert toy.cap_bps is None and toy.t2_gpu != 1
+    assert not state.tenants["t1"].violating
