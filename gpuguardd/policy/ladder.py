@@ -194,6 +194,7 @@ class _Tick:
         self.undone: set[str] = set()  # victims whose relaxation was undone this tick
         self.placements: dict[str, str] = dict(state.placements)
         self.moved_at: dict[str, float] = dict(state.moved_at)
+        self.outages: dict[str, float] = dict(state.outages)
 
     # -- helpers ---------------------------------------------------------------------------
     def emit(self, action: Action, reason: str) -> None:
@@ -291,7 +292,10 @@ class _Tick:
 
     def _settle_pending(self) -> None:
         for tenant, p in list(self.pending.items()):
-            if _pending_done(p, self.snap) or self.now - p.issued_at > PENDING_TIMEOUT_S:
+            done = _pending_done(p, self.snap)
+            if done and p.to is not None:
+                self.outages[tenant] = self.now - p.issued_at  # a move or a restart in place
+            if done or self.now - p.issued_at > PENDING_TIMEOUT_S:
                 del self.pending[tenant]
             if tenant in self.victims:
                 # ski rental: the outage was the price; what it delays (the backlog served
@@ -665,7 +669,8 @@ class _Tick:
         bringing the tail to the middle of the dead band - within the SLO with room for a
         window's noise on both sides - needs ``keep <= 1 - (p99/SLO - aim) / effect``. Held until
         the stopgap replaces it by a move anyway, that throttle costs the suspect
-        ``(1 - keep) x stopgap_s`` seconds of throughput; the move costs ``move_outage_s``.
+        ``(1 - keep) x stopgap_s`` seconds of throughput; the move costs the suspect's restart:
+        as long as its last move or restart took, else ``move_outage_s``.
         When the throttle is the dearer of the two, the ladder skips it. The fitted line is
         optimistic for bursty transfers (a throttle thins bursts, it does not shorten them), so
         the rule errs towards trying the throttle, the lighter lever.
@@ -684,14 +689,17 @@ class _Tick:
         compared = (f"io.max would have to hold {top.tenant} at <= {keep:.0%} of its rate to "
                     f"bring p99 to {aim:.0%} of the SLO (its effect {top.effect:.2f} x SLO): "
                     f"~{cost:.0f} s of its throughput within the {pc.stopgap_s:.0f} s stopgap")
-        if cost <= pc.move_outage_s:
-            return f"{compared} <= a {pc.move_outage_s:.0f} s restart"
+        seen = self.outages.get(top.tenant)
+        outage = seen if seen is not None else pc.move_outage_s
+        restart = (f"its {outage:.0f} s restart (measured)" if seen is not None
+                   else f"a {outage:.0f} s restart")
+        if cost <= outage:
+            return f"{compared} <= {restart}"
         planned = self._plan_place(name, diag, v, only=top.tenant)
         if isinstance(planned, str):
-            return f"{compared} > a {pc.move_outage_s:.0f} s restart, but {planned}"
+            return f"{compared} > {restart}, but {planned}"
         label, [(action, lever, detail)] = planned
-        return label, [(action, lever,
-                        f"{compared} > a {pc.move_outage_s:.0f} s restart; {detail}")]
+        return label, [(action, lever, f"{compared} > {restart}; {detail}")]
 
     def _plan(
         self, level: int, victim: str, diag: Diagnosis, v: Victim
@@ -1033,6 +1041,7 @@ class _Tick:
             level_changes=changes,
             placements={n: p for n, p in self.placements.items() if n in self.snap.tenants},
             moved_at={n: t for n, t in self.moved_at.items() if n in self.snap.tenants},
+            outages={n: t for n, t in self.outages.items() if n in self.snap.tenants},
         )
         return state, Decision(tuple(self.actions), tuple(self.reasons))
 

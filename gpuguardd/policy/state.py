@@ -137,6 +137,8 @@ class LadderState:
     #: tenant -> its placement last tick, and when that placement last changed
     placements: Mapping[str, str] = field(default_factory=dict)
     moved_at: Mapping[str, float] = field(default_factory=dict)
+    #: tenant -> how long its last move or restart took, seconds (issued to running again)
+    outages: Mapping[str, float] = field(default_factory=dict)
 
     @staticmethod
     def initial(config: Config) -> LadderState:

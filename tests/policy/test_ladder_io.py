@@ -300,12 +300,14 @@ def test_a_tighten_the_executor_could_not_apply_leaves_the_throttle_as_it_was() 
 
 # -- the cost-aware first lever on a PCIe cause ------------------------------------------------
 
-def _first_action(toy: Toy, cfg: Config) -> tuple[object, str]:
+def _first_action(
+    toy: Toy, cfg: Config, state: LadderState | None = None
+) -> tuple[object, str]:
     """t2 quiet for 40 s (the victim's tail without it), then on: the ladder's first action."""
     def onset(t: float, toy: Toy) -> None:
         toy.t2_on = t > 40.0
 
-    _, log = run(toy, cfg, 70.0, every=onset)
+    _, log = run(toy, cfg, 70.0, state, every=onset)
     acted = [(a, r) for _, d in log for a, r in zip(d.actions, d.reasons, strict=True)]
     assert acted, "the ladder never acted on the violation"
     return acted[0]
@@ -361,3 +363,14 @@ def test_the_victims_tail_recovers_after_the_move_first_and_nothing_is_left_thro
     assert not throttles(log)
     assert toy.cap_bps is None and toy.t2_gpu != 1
     assert not state.tenants["t1"].violating
+    # the toy moves at once: the move's outage is measured as one tick
+    assert state.outages == {"t2": toy.tick_s}
+
+
+def test_a_measured_restart_replaces_the_configured_guess() -> None:
+    toy = Toy(base_s=0.010, slope_s_per_gbps=0.004)  # a move at the configured 30 s (above)
+    cfg = config()
+    slow = replace(LadderState.initial(cfg), outages={"t2": 100.0})
+    action, reason = _first_action(toy, cfg, slow)
+    assert isinstance(action, IoThrottle), reason
+    assert "<= its 100 s restart (measured)" in reason
