@@ -5,6 +5,8 @@ switch or root, same NUMA node) and every signal that neighbour drives through t
 candidate gets
 
     pressure = current signal / capacity of the shared resource        (0 .. ~1)
+               (current: the larger of its last ticks' mean and its mean over the victim's
+               tail window - a neighbour that stopped a moment ago still fills that window)
     r        = Pearson(victim p99/SLO, signal smoothed over window_s)   over the sliding history
     score    = pressure x (1 + r) / 2          (r = 0 when undefined: constant signal or too short)
              x min(1, slope x signal / (victim p99/SLO - recovery bound))   when r is defined
@@ -190,11 +192,14 @@ def _candidate(
     known = [v for v in values if v is not None]
     if not known:
         return None
-    value = sum(known) / len(known)
+    smoothed = _smoothed(history, signal, window_s)
+    # the load the victim's current window saw: a neighbour that went quiet a moment ago still
+    # fills the window the tail is read from (the recent mean catches an onset sooner)
+    value = max(sum(known) / len(known), smoothed[-1] or 0.0)
     pressure = value / capacity if capacity > 0 else 0.0
     xs: list[float] = []
     ys: list[float] = []
-    for h, x in zip(history, _smoothed(history, signal, window_s), strict=True):
+    for h, x in zip(history, smoothed, strict=True):
         y = h.ratio.get(victim)
         if x is not None and y is not None:
             xs.append(x)

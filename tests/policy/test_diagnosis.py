@@ -135,3 +135,20 @@ def test_pearson(xs: list[float], ys: list[float], r: float | None) -> None:
     assert (got is None) == (r is None)
     if r is not None and got is not None:
         assert got == pytest.approx(r)
+
+
+def test_a_neighbour_that_just_went_quiet_still_explains_the_window_it_filled() -> None:
+    """The victim's p99 is read over window_s; the ETL stopped two ticks ago. Its recent mean
+    is 0, but it filled most of the window the tail comes from: still the suspect, not an
+    unexplained tail (which would point at resizing the victim)."""
+    snap = _snap({"t1": (L, Placement(0, 1), False), "t2": (B, Placement(0, 2), True)})
+    hist = [TickRates(at=2.0 * i + 2, ratio={"t1": 0.7 if i < 30 else 1.4 if i < 58 else 1.3},
+                      io_read_bps={("t2", NVME): 2.5e9 if 30 <= i < 58 else 0.0})
+            for i in range(60)]
+    d = diagnose("t1", snap, hist, protected=frozenset({"t1"}), recent=3, window_s=10.0)
+    assert d.cause == "pcie" and d.named and d.named[0].tenant == "t2", d.describe()
+    # a window later the tail no longer holds the ETL's samples: nothing named
+    hist += [TickRates(at=2.0 * i + 2, ratio={"t1": 1.2}, io_read_bps={("t2", NVME): 0.0})
+             for i in range(60, 66)]
+    assert not diagnose("t1", snap, hist, protected=frozenset({"t1"}), recent=3,
+                        window_s=10.0).named
