@@ -360,15 +360,16 @@ def test_control_config_is_validated():
 
 def test_release_with_the_real_ladder_on_the_simulated_host():
     """The hook in the real engine: a released throttle is lifted on the host, the ladder
-    absorbs the outcome and carries on (here: it moves the suspect instead), no tick fails."""
+    absorbs the outcome and carries on without re-applying it, no tick fails."""
     import importlib.util
 
     if importlib.util.find_spec("gpuguardd.sim.scenario") is None:
         pytest.skip("gpuguardd.sim is not on this branch yet")
     from gpuguardd.app.daemon import build
 
-    d = build(config.loads('[control]\nsocket = ""\n'), config_path=None, sim="noisy-neighbor",
-              listen="127.0.0.1:0")
+    # a restart priced above any throttle: the ladder throttles the ETL first
+    d = build(config.loads('[control]\nsocket = ""\n[policy]\nmove_outage_s = 1000.0\n'),
+              config_path=None, sim="noisy-neighbor", listen="127.0.0.1:0")
     d.server.start()  # (close() waits for its serving loop)
     try:
         now, key = 0.0, None
