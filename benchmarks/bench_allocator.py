@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 from gpuguardd.model.llm import BUILTIN  # noqa: E402
 from gpuguardd.vgpu import allocator, synthetic  # noqa: E402
+from gpuguardd.vgpu.fitting import fit  # noqa: E402
 from gpuguardd.vgpu.gpus import GPUS, GpuSpec  # noqa: E402
-from gpuguardd.vgpu.predictor import Predictor, fit  # noqa: E402
+from gpuguardd.vgpu.predictor import Predictor  # noqa: E402
 from gpuguardd.vgpu.profile_data import group, parse_csv  # noqa: E402
 
 A100 = GPUS["A100-SXM4-80GB"]

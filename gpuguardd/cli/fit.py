@@ -28,12 +28,8 @@ def register(sub: Any) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     # scipy loads only when the command runs
-    from gpuguardd.vgpu.predictor import (
-        DEFAULT_PCIE_BPS,
-        PredictorError,
-        fit,
-        predictors_to_json,
-    )
+    from gpuguardd.vgpu.fitting import fit
+    from gpuguardd.vgpu.predictor import DEFAULT_PCIE_BPS, PredictorError, predictors_to_json
 
     if not 0.0 <= args.held_out < 1.0:
         print("--held-out: must be in [0, 1)", file=sys.stderr)

@@ -1,8 +1,11 @@
 """The ladder and the vGPU share planner as one engine Policy (``[vgpu] enabled = true``).
 
-Imported only when vGPU is enabled: the planner needs numpy/scipy, which the daemon's default
-path never loads (tests/test_footprint.py). Files the config names (predictors JSON, model
-``config.json``) are read here, once, when the policy is built; the planner itself is pure.
+Imported only when vGPU is enabled. The planner evaluates its model and the predictors in
+pure Python (``vgpu/scalar.py``, precomputed built-in predictors): numpy and scipy stay out of
+the daemon with vGPU on too (tests/test_footprint.py), unless a tenant's ``model_config`` is
+not a built-in architecture and its predictor has to be fitted at start. Files the config
+names (predictors JSON, model ``config.json``) are read here, once, when the policy is built;
+the planner itself is pure.
 
 Per tick: the ladder decides first; the vGPU step then plans every vGPU tenant the ladder does
 not act on this tick (one restarting lever per tenant per tick). ``absorb`` hands each side the

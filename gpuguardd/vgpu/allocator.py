@@ -31,7 +31,16 @@ running step to Tp99 over-estimates the p99 of the sum: the model errs on the sa
 
 R uses the step time of b sequences (an over-estimate when fewer are in flight); the TPOT
 check uses the Poisson p99 of the sequences in flight, n99. A share is feasible if some b
-meets all of it; the tenant runs at the smallest such b (the engine's ``max_num_seqs``).
+meets all of it.
+
+Slots. The tenant runs at the LARGEST such b (the engine's ``max_num_seqs``). A smaller cap
+saves no share (the memory estimate reserves KV for ``max_batch`` sequences anyway) and only
+turns bursts into an admission queue, whose tail the M/M/b term above under-states: the
+sequences in flight are over-dispersed, because the prefill burst that admits them also
+stretches their residence (TPOT x (1 + rho) for all their tokens). In the simulator, Qwen3-8B at
+38 % with 16 slots missed its TTFT SLO in 4 of 100 600-s runs (p99 up to 1.79 x the SLO), with
+32 slots in none (max 0.84 x). A cap below n99 still lowers the TPOT p99 (n is capped at b):
+a tenant whose TPOT is met only that way gets that cap, at the TTFT the slot wait costs.
 
 Interference. Each tenant has an activity footprint a ∈ [0, 1] computed from its demand and the
 roofline of its architecture (:func:`footprint`): the fraction of the GPU's time its prefills keep
@@ -75,53 +84,32 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy.special import gammaln, pdtr
 
-from gpuguardd.model.llm import LlmArch
 from gpuguardd.vgpu import memory
 from gpuguardd.vgpu.gpus import GpuSpec
 from gpuguardd.vgpu.predictor import Predictor
+from gpuguardd.vgpu.scalar import (
+    INFEASIBLE,
+    PREFILL_EFFICIENCY,
+    UNITS,
+    AllocParams,
+    Point,
+    Problem,
+    TenantSpec,
+    footprint,
+)
+
+__all__ = ["INFEASIBLE", "PREFILL_EFFICIENCY", "UNITS", "AllocParams", "Assignment", "Plan",
+           "Point", "Problem", "Profile", "TenantSpec", "build_profile", "build_profiles",
+           "footprint", "greedy", "oracle", "point", "profiles_of", "static"]
 
 FloatArray = npt.NDArray[np.float64]
-UNITS = 10_000  # activity footprints in integer units of 1e-4
-PREFILL_EFFICIENCY = 0.7  # sustained fraction of dense peak in prefill (A100 calibration)
-INFEASIBLE = 101
-
-
-@dataclass(frozen=True, slots=True)
-class TenantSpec:
-    name: str
-    model: str
-    arch: LlmArch
-    demand_rps: float
-    prompt_tokens: int
-    output_tokens: int
-    ttft_slo_ms: float | None = None
-    tpot_slo_ms: float | None = None
-    static_share_pct: int | None = None
-    max_batch: int = 32
-    input_bytes_per_request: float = 0.0
-    prompt_tokens_p99: int | None = None  # None: every prompt is ``prompt_tokens`` long
-
-
-@dataclass(frozen=True, slots=True)
-class AllocParams:
-    rho_max: float = 0.85
-    batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    grid_step: float = 0.05
-    grid_max: float = 1.0  # co-runners busier than one whole GPU leave no time to slice
-    candidates: int = 16
-    oracle_time_limit_s: float = 25.0
-    # span over which an engine's own prefills slow its decode steps (the simulator's engine:
-    # a 1 s moving average of its prefill-busy fraction, read when a request joins the batch)
-    interference_window_s: float = 1.0
-
-
 @dataclass(frozen=True, slots=True)
 class Profile:
     """Everything the planners need about one tenant on one GPU model."""
@@ -132,17 +120,6 @@ class Profile:
     min_share_pct: int
     reason: str  # why it is infeasible even alone on an idle GPU ("" if feasible)
     points: Grid  # the operating point at S(level), per level
-
-
-@dataclass(frozen=True, slots=True)
-class Point:
-    """Predicted operating point of a tenant at a share and co-runner level."""
-
-    feasible: bool
-    batch: int
-    ttft_p99_ms: float
-    tpot_p99_ms: float
-    capacity_rps: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,14 +152,6 @@ class Plan:
     @property
     def feasible(self) -> bool:
         return all(a.feasible for a in self.assignments.values())
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    tenants: tuple[TenantSpec, ...]
-    gpus: tuple[GpuSpec, ...]
-    predictors: Mapping[tuple[str, str], Predictor]
-    params: AllocParams = field(default_factory=AllocParams)
 
 
 # -- the per-tenant model -----------------------------------------------------------------------
@@ -349,14 +318,14 @@ def _evaluate(
         allowed.shape)
     ok = (allowed & (lam <= params.rho_max * slots_rate) & (phi <= params.rho_max)
           & (ttft99 <= load.ttft_slo) & (tpot99 <= load.tpot_slo))
-    # The queueing wait (Erlang C: the expensive part) is added in ascending batch order, only
-    # at points where nothing else fails and no smaller batch is already feasible: exactly
+    # The queueing wait (Erlang C: the expensive part) is added in descending batch order,
+    # only at points where nothing else fails and no larger batch is already feasible: exactly
     # where it can change the answer. Elsewhere the reported TTFT p99 is the one before
     # queueing (such a batch is infeasible or not chosen anyway).
     settled = np.zeros(shape, dtype=bool)
     resid_b = np.broadcast_to(resid, ok.shape)
     rate_b = np.broadcast_to(slots_rate, ok.shape)
-    for i in range(len(batches)):
+    for i in reversed(range(len(batches))):
         m = ok[i] & ~settled
         if m.any():
             r_m = resid_b[i][m]
@@ -376,7 +345,9 @@ def _evaluate(
         settled |= ok[i]
     any_ok = ok.any(axis=0)
     last = allowed.sum(axis=0) - 1
-    idx = np.where(any_ok, ok.argmax(axis=0), last)[None, ...]
+    # the largest feasible batch: see the module docstring ("Slots")
+    top = len(batches) - 1 - ok[::-1].argmax(axis=0)
+    idx = np.where(any_ok, top, last)[None, ...]
     return Grid(
         ok=any_ok,
         batch=batches[idx[0]],
@@ -481,24 +452,6 @@ def _point_at(
         return Point(True, int(g.batch[level]), float(g.ttft_p99_ms[level]),
                      float(g.tpot_p99_ms[level]), float(g.capacity_rps[level]))
     return point(t, pred, params, share, level * params.grid_step)
-
-
-def footprint(t: TenantSpec, gpu: GpuSpec, batch: int) -> float:
-    """Co-runner activity this tenant exerts, from the roofline of its own demand:
-
-        u = λ · prefill_flops(P) / (peak · 0.7)                     prefill SM time
-          + λ · (O - 1) / n · decode_bytes(P + O/2, n) / hbm         decode steps streaming HBM
-        n = min(batch, max(1, λ · R))  sequences per decode step
-
-    The decode term is also its DRAM activity, so DRAM activity ≤ SM activity (see module doc).
-    """
-    lam = t.demand_rps
-    n = max(1.0, float(batch))
-    prefill = lam * t.arch.prefill_flops(t.prompt_tokens) / (gpu.peak_flops * PREFILL_EFFICIENCY)
-    ctx = t.prompt_tokens + t.output_tokens // 2
-    steps = lam * max(t.output_tokens - 1, 0) / n
-    decode = steps * t.arch.decode_bytes(ctx, max(1, round(n))) / gpu.hbm_bps
-    return min(1.0, prefill + decode)
 
 
 def _why(t: TenantSpec, base: Point, params: AllocParams) -> str:

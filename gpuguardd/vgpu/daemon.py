@@ -36,7 +36,7 @@ from gpuguardd.config import Config, ConfigError, TenantConfig
 from gpuguardd.model.actions import Outcome, Result, VgpuSet
 from gpuguardd.model.llm import BUILTIN, LlmArch
 from gpuguardd.model.snapshot import Snapshot
-from gpuguardd.vgpu import allocator, memory, synthetic
+from gpuguardd.vgpu import builtin, memory, scalar
 from gpuguardd.vgpu.gpus import GPUS, GpuSpec
 from gpuguardd.vgpu.predictor import Predictor
 from gpuguardd.vgpu.replan import Observation, ReplanPolicy, ReplanState, TenantState, replan
@@ -70,11 +70,11 @@ class TenantView:
 
 @dataclass(frozen=True, slots=True)
 class VgpuState:
-    specs: Mapping[str, allocator.TenantSpec]
+    specs: Mapping[str, scalar.TenantSpec]
     memory_bytes: Mapping[str, int]
     initial_share: Mapping[str, int | None]
     predictors: Mapping[tuple[str, str], Predictor]
-    problem: allocator.Problem | None = None
+    problem: scalar.Problem | None = None
     replan: ReplanState = field(default_factory=lambda: ReplanState({}))
     #: per tenant, (tick time, first tokens counted in that tick) while it ran
     history: Mapping[str, tuple[tuple[float, int], ...]] = field(default_factory=dict)
@@ -130,7 +130,7 @@ def initial(config: Config, inputs: Inputs) -> VgpuState:
     if config.vgpu.gpu_model is not None and config.vgpu.gpu_model not in GPUS:
         errors.append(f"vgpu.gpu_model: unknown GPU {config.vgpu.gpu_model!r}; known: "
                       f"{', '.join(sorted(GPUS))}")
-    specs: dict[str, allocator.TenantSpec] = {}
+    specs: dict[str, scalar.TenantSpec] = {}
     mems: dict[str, int] = {}
     shares: dict[str, int | None] = {}
     for i, t in enumerate(config.tenants):
@@ -140,7 +140,7 @@ def initial(config: Config, inputs: Inputs) -> VgpuState:
         arch = _arch(t, inputs, errors, f"tenant[{i}].vgpu")
         if arch is None:
             continue
-        specs[t.name] = allocator.TenantSpec(
+        specs[t.name] = scalar.TenantSpec(
             name=t.name, model=v.model or arch.name, arch=arch, demand_rps=0.0,
             prompt_tokens=v.prompt_tokens, output_tokens=v.output_tokens,
             ttft_slo_ms=t.slo.ttft_p99_ms, tpot_slo_ms=t.slo.tpot_p99_ms,
@@ -210,7 +210,7 @@ def _gpu_spec(config: Config, snapshot: Snapshot, gpu: int) -> GpuSpec | str:
 
 
 def _problem(state: VgpuState, snapshot: Snapshot, config: Config,
-             notes: list[str]) -> allocator.Problem | None:
+             notes: list[str]) -> scalar.Problem | None:
     n = max((g.index for g in snapshot.topology.gpus), default=-1) + 1
     gpus: list[GpuSpec] = []
     for g in range(n):
@@ -226,8 +226,8 @@ def _problem(state: VgpuState, snapshot: Snapshot, config: Config,
                 if config.vgpu.predictors is not None:
                     notes.append(f"{s.name}: {config.vgpu.predictors} has no predictor for "
                                  f"({s.model}, {spec.name}); using the built-in one")
-                preds[(s.model, spec.name)] = synthetic.fitted_predictor(s.arch, spec)
-    return allocator.Problem(tuple(state.specs.values()), tuple(gpus), preds)
+                preds[(s.model, spec.name)] = builtin.predictor(s.arch, spec)
+    return scalar.Problem(tuple(state.specs.values()), tuple(gpus), preds)
 
 
 def step(
@@ -269,7 +269,7 @@ def step(
     if problem is None:
         return replace(out, notes=tuple(notes)), (), tuple(notes)
     observed: dict[str, Observation] = {}
-    specs: dict[str, allocator.TenantSpec] = {}
+    specs: dict[str, scalar.TenantSpec] = {}
     own: dict[int, float] = {}
     for name, ts in tenants.items():
         d = demand(history.get(name, ()), window, recent=out.settled(name, window))
@@ -281,8 +281,8 @@ def step(
         spec = replace(state.specs[name], demand_rps=d)
         gpu = problem.gpus[ts.gpu]
         pred = problem.predictors[(spec.model, gpu.name)]
-        batch = allocator.point(spec, pred, problem.params, ts.share_pct, 0.0).batch
-        act = allocator.footprint(spec, gpu, batch)
+        batch = scalar.point(spec, pred, problem.params, ts.share_pct, 0.0).batch
+        act = scalar.footprint(spec, gpu, batch)
         observed[name] = Observation(d, act)  # a held tenant still counts as a co-runner
         if name not in hold:
             specs[name] = spec

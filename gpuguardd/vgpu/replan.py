@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from gpuguardd.model.actions import VgpuSet
-from gpuguardd.vgpu import allocator
+from gpuguardd.vgpu import scalar
 
 HOUR_S = 3600.0
 
@@ -71,9 +71,9 @@ class ReplanResult:
 
 def replan(
     state: ReplanState,
-    tenants: Mapping[str, allocator.TenantSpec],
+    tenants: Mapping[str, scalar.TenantSpec],
     observed: Mapping[str, Observation],
-    problem: allocator.Problem,
+    problem: scalar.Problem,
     now: float,
     policy: ReplanPolicy = ReplanPolicy(),
     background: Mapping[int, float] | None = None,
@@ -100,11 +100,10 @@ def replan(
         spec = replace(spec, demand_rps=obs.demand_rps)
         gpu = problem.gpus[ts.gpu]
         pred = problem.predictors[(spec.model, gpu.name)]
-        prof = allocator.build_profile(spec, gpu, pred, params)
         others = max(0.0, gpu_act[ts.gpu] - obs.activity)
-        lvl = -(-round(others * allocator.UNITS) // round(params.grid_step * allocator.UNITS))
-        required = prof.shares[lvl] if lvl < len(prof.shares) else allocator.INFEASIBLE
-        floor = prof.min_share_pct
+        lvl = scalar.level_of(round(others * scalar.UNITS), params)
+        required = scalar.required_share(spec, gpu, pred, params, lvl)
+        floor = scalar.min_share_pct(spec, gpu)
         if required > 100:
             notes.append(f"{name}: no share meets its SLO at demand {obs.demand_rps:g} rps and "
                          f"co-runner activity {others:.2f}; keeping it at the maximum that fits")
@@ -112,10 +111,10 @@ def replan(
         why = (f"demand {ts.demand_rps:g}→{obs.demand_rps:g} rps, co-runner activity "
                f"{ts.activity_others:.2f}→{others:.2f}: required {required} %")
         if required > ts.share_pct:
-            ahead = allocator.build_profile(
+            ahead = scalar.required_share(
                 replace(spec, demand_rps=obs.demand_rps * (1.0 + policy.demand_band)), gpu,
-                pred, params)
-            up = min(100, max(required, ahead.shares[lvl] if lvl < len(ahead.shares) else 100))
+                pred, params, lvl)
+            up = min(100, max(required, ahead))
             wants.append((0, name, max(up, floor), required,
                           f"raise {ts.share_pct}→{max(up, floor)} % (covers "
                           f"{obs.demand_rps * (1.0 + policy.demand_band):.3g} rps): {why}"))

@@ -47,8 +47,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpuguardd.model.llm import LlmArch
+from gpuguardd.vgpu.fitting import fit
 from gpuguardd.vgpu.gpus import GpuSpec
-from gpuguardd.vgpu.predictor import Predictor, fit
+from gpuguardd.vgpu.predictor import Predictor
 from gpuguardd.vgpu.profile_data import ProfileRow
 
 NOISE_SIGMA = 0.03

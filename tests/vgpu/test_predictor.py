@@ -9,11 +9,10 @@ from hypothesis import strategies as st
 
 from gpuguardd.model.llm import BUILTIN
 from gpuguardd.vgpu import synthetic
+from gpuguardd.vgpu.fitting import evaluate, fit
 from gpuguardd.vgpu.predictor import (
     Predictor,
     PredictorError,
-    evaluate,
-    fit,
     predictors_from_json,
     predictors_to_json,
 )
