@@ -670,7 +670,7 @@ class _Tick:
         window's noise on both sides - needs ``keep <= 1 - (p99/SLO - aim) / effect``. Held until
         the stopgap replaces it by a move anyway, that throttle costs the suspect
         ``(1 - keep) x stopgap_s`` seconds of throughput; the move costs the suspect's restart:
-        as long as its last move or restart took, else ``move_outage_s``.
+        ``move_outage_s``, or as long as its last move or restart took when that was longer.
         When the throttle is the dearer of the two, the ladder skips it. The fitted line is
         optimistic for bursty transfers (a throttle thins bursts, it does not shorten them), so
         the rule errs towards trying the throttle, the lighter lever.
@@ -689,9 +689,11 @@ class _Tick:
         compared = (f"io.max would have to hold {top.tenant} at <= {keep:.0%} of its rate to "
                     f"bring p99 to {aim:.0%} of the SLO (its effect {top.effect:.2f} x SLO): "
                     f"~{cost:.0f} s of its throughput within the {pc.stopgap_s:.0f} s stopgap")
-        seen = self.outages.get(top.tenant)
-        outage = seen if seen is not None else pc.move_outage_s
-        restart = (f"its {outage:.0f} s restart (measured)" if seen is not None
+        # a restart seen to take longer than configured prices the move higher; a shorter one
+        # does not lower it (a host may report a tenant running before it does work again)
+        seen = self.outages.get(top.tenant, 0.0)
+        outage = max(seen, pc.move_outage_s)
+        restart = (f"its {outage:.0f} s restart (measured)" if seen > pc.move_outage_s
                    else f"a {outage:.0f} s restart")
         if cost <= outage:
             return f"{compared} <= {restart}"
