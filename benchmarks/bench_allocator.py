@@ -7,7 +7,8 @@ Targets (exit 1 if one is missed):
   - six-model mix (etc/allocate-example.toml, two A100-SXM4-80GB): plan <= 75 % of the static
     total, every predicted p99 within its SLO, greedy within 5 % of the oracle
   - the planned shares, run in the simulator (gpuguardd simulate, policy static = no controller
-    actions), meet every SLO, in each of the ``--sim-seeds`` runs (default seeds 1-4)
+    actions), meet every SLO, in each of the ``--sim-seeds`` runs (default seeds 1-6), and,
+    with ``--sweep FIRST LAST``, in every run of that seed range (in-process runs)
   - 1,000 tenants over 128 GPUs: greedy (memory, profiles, placement) < 1 s wall
   - 50 tenants: oracle < 30 s
 
@@ -82,9 +83,10 @@ def mix_tenants() -> tuple[allocator.TenantSpec, ...]:
         for t in data["tenant"])
 
 
-def mix(preds: dict[tuple[str, str], Predictor]) -> tuple[dict[str, Any], allocator.Plan]:
+def mix(preds: dict[tuple[str, str], Predictor], params: allocator.AllocParams | None = None
+        ) -> tuple[dict[str, Any], allocator.Plan]:
     ts = mix_tenants()
-    pb = allocator.Problem(ts, (A100,) * 2, preds)
+    pb = allocator.Problem(ts, (A100,) * 2, preds, params or allocator.AllocParams())
     t0 = time.perf_counter()
     g = allocator.greedy(pb)
     t1 = time.perf_counter()
@@ -115,9 +117,11 @@ def mix(preds: dict[tuple[str, str], Predictor]) -> tuple[dict[str, Any], alloca
 
 
 def simulate(plan: allocator.Plan, use_static: bool, tmp: Path, seconds: int = 600,
-             seed: int = 1) -> dict[str, Any]:
+             seed: int = 1, in_process: bool = False) -> dict[str, Any]:
     """Run the planned (or the static) shares in the simulator, no controller actions
-    (policy static), on GPUs 0-1 of a p4de (A100-SXM4-80GB) host."""
+    (policy static), on GPUs 0-1 of a p4de (A100-SXM4-80GB) host: through ``gpuguardd
+    simulate`` in a subprocess, or (``in_process``, the seed sweep) the same scenario file
+    through ``gpuguardd.evaluate.run.simulate``."""
     topo = Path(os.environ.get("GPUGUARDD_SHARED_DATA", ROOT.parent / "shared" / "data"))
     lines = ["[scenario]", 'name = "vgpu-six-mix"', f"seconds = {seconds}", f"seed = {seed}",
              "[host]", f'topology = "{topo / "topology" / "p4de-24xl-topo.xml"}"',
@@ -135,10 +139,15 @@ def simulate(plan: allocator.Plan, use_static: bool, tmp: Path, seconds: int = 6
     scen = tmp / ("static.toml" if use_static else "plan.toml")
     scen.write_text("\n".join(lines) + "\n")
     out = scen.with_suffix(".json")
-    subprocess.run([sys.executable, "-m", "gpuguardd", "simulate", "--scenario", str(scen),
-                    "--policy", "static", "--json", str(out)], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
-    res = json.loads(out.read_text())
+    if in_process:
+        from gpuguardd.evaluate.run import simulate as run_scenario
+        from gpuguardd.sim.scenario import load_scenario
+        res = run_scenario(load_scenario(str(scen)), policy="static")
+    else:
+        subprocess.run([sys.executable, "-m", "gpuguardd", "simulate", "--scenario", str(scen),
+                        "--policy", "static", "--json", str(out)], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        res = json.loads(out.read_text())
     rows = {}
     for t in mix_tenants():
         x = res["tenants"][t.name]
@@ -239,12 +248,40 @@ def oracle50(preds: dict[tuple[str, str], Predictor]) -> dict[str, Any]:
     return out
 
 
+def sweep(plan: allocator.Plan, tmp: Path, seconds: int, first: int, last: int
+          ) -> dict[str, Any]:
+    """The planned shares over seeds ``first``..``last`` (in-process runs): how many runs miss
+    an SLO, which tenant and latency misses how often, each tenant's worst p99 / SLO."""
+    missed_runs: list[int] = []
+    misses: dict[str, int] = {}
+    worst: dict[str, float] = {}
+    for seed in range(first, last + 1):
+        run = simulate(plan, False, tmp, seconds, seed, in_process=True)
+        for name, r in run["tenants"].items():
+            for kind in ("ttft", "tpot"):
+                ratio = r[f"{kind}_p99_ms"] / (r[f"{kind}_slo_ms"] or float("inf"))
+                worst[name] = max(worst.get(name, 0.0), ratio)
+                if ratio > 1.0:
+                    key = f"{name} {kind.upper()}"
+                    misses[key] = misses.get(key, 0) + 1
+        if not run["all_slos_met"]:
+            missed_runs.append(seed)
+    return {"seeds": f"{first}-{last}", "runs": last - first + 1,
+            "runs_missing_an_slo": len(missed_runs), "missed_seeds": missed_runs,
+            "misses": misses, "worst_p99_over_slo": {k: round(v, 3) for k, v in worst.items()}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile-csv", type=Path)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--sim-seconds", type=int, default=600)
-    ap.add_argument("--sim-seeds", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--sim-seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
+    ap.add_argument("--sweep", type=int, nargs=2, metavar=("FIRST", "LAST"),
+                    help="also run the plan over seeds FIRST..LAST in-process and count the "
+                         "runs that miss an SLO (about 0.5 s per seed)")
+    ap.add_argument("--slo-confidence", type=float, default=allocator.AllocParams().slo_confidence,
+                    help="AllocParams.slo_confidence for the six-model mix")
     args = ap.parse_args()
     preds, quality, fit_s = predictors(args.profile_csv)
     res: dict[str, Any] = {
@@ -254,8 +291,11 @@ def main() -> int:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "predictors": quality, "fit_s": round(fit_s, 2),
     }
-    res["mix"], plan = mix(preds)
+    res["mix"], plan = mix(preds, allocator.AllocParams(slo_confidence=args.slo_confidence))
+    res["mix"]["slo_confidence"] = args.slo_confidence
     with tempfile.TemporaryDirectory() as tmp:
+        if args.sweep:
+            res["sim_sweep"] = sweep(plan, Path(tmp), args.sim_seconds, *args.sweep)
         res["sim_plan"] = {f"seed {s}": simulate(plan, False, Path(tmp), args.sim_seconds, s)
                            for s in args.sim_seeds}
         res["sim_static"] = simulate(plan, True, Path(tmp), args.sim_seconds)
@@ -269,6 +309,8 @@ def main() -> int:
         "saving>=25%": res["mix"]["saving_vs_static"] >= 0.25,
         "predicted_slos_met": res["mix"]["all_predicted_slos_met"],
         "simulator_slos_met": all(r["all_slos_met"] for r in res["sim_plan"].values()),
+        **({"sweep_slos_met": res["sim_sweep"]["runs_missing_an_slo"] == 0}
+           if "sim_sweep" in res else {}),
         "gap<=5%": res["mix"]["gap_to_oracle"] <= 0.05,
         "1000_tenants<1s": res["scale"]["greedy_wall_s_median"] < 1.0,
         "oracle50<30s": all(v["oracle_s"] < 30.0 for v in res["oracle50"].values()),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 from gpuguardd.model.llm import LlmArch
 from gpuguardd.vgpu import memory
@@ -38,6 +39,8 @@ INFEASIBLE = 101
 COARSE_PCT = 5  # the share search's first stride (see allocator.build_profiles)
 NEWTON_STEPS = 24
 INF = math.inf
+Z99 = 2.326
+PDF99 = math.exp(-Z99 * Z99 / 2.0) / math.sqrt(2.0 * math.pi)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,10 @@ class AllocParams:
     # span over which an engine's own prefills slow its decode steps (the simulator's engine:
     # a 1 s moving average of its prefill-busy fraction, read when a request joins the batch)
     interference_window_s: float = 1.0
+    # the span over which a tenant's p99 is measured against its SLO, and the probability
+    # that one such span's p99 meets it (the allocator's module docstring: "One window's p99")
+    slo_window_s: float = 600.0
+    slo_confidence: float = 0.99
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +182,29 @@ def decay_rate(lam: float, mean: float, sd: float) -> float:
     return theta
 
 
+# -- one window's p99 ----------------------------------------------------------------------------
+
+
+def window_sd(demand_rps: float, params: AllocParams) -> float:
+    """Standard deviation, in units of the latency's own log-normal spread, of the empirical
+    p99 of one ``slo_window_s`` window: N = demand · window requests whose tail comes in clusters
+    of k = 1 + demand · ``interference_window_s`` (requests admitted in one burst share it), so
+    sd = sqrt(0.01 · 0.99 · k / N) / pdf(z99) (the sample quantile's standard error)."""
+    n_window = max(demand_rps * params.slo_window_s, 1.0)
+    cluster = 1.0 + demand_rps * params.interference_window_s
+    return math.sqrt(0.01 * 0.99 * cluster / n_window) / PDF99
+
+
+def margin(p99: float, mean: float, sample_sd: float, tail: float, z_conf: float) -> float:
+    """The factor from a latency's stationary p99 to the level one window's p99 stays under
+    with probability ``slo_confidence`` (z_conf): the window's sampling error (log spread
+    ln(p99 / mean) / z99 times ``sample_sd``) and the predictor's error (ln tail / z99) are
+    independent, so they add in quadrature."""
+    ratio = _log(_div(p99, mean))
+    spread = 0.0 if math.isnan(ratio) else max(ratio, 0.0) / Z99
+    return math.exp(z_conf * math.hypot(spread * sample_sd, _log(tail) / Z99))
+
+
 # -- one operating point ------------------------------------------------------------------------
 
 
@@ -192,11 +222,13 @@ def _evaluate(t: TenantSpec, pred: Predictor, params: AllocParams, share: float,
     in_bytes = float(t.input_bytes_per_request)
     ttft_slo = INF if t.ttft_slo_ms is None else t.ttft_slo_ms
     tpot_slo = INF if t.tpot_slo_ms is None else t.tpot_slo_ms
+    z_conf = NormalDist().inv_cdf(params.slo_confidence)
+    sample_sd = window_sd(t.demand_rps, params)
     o1 = max(out - 1.0, 0.0)
     ttft1 = float(pred.ttft_ms(1, share, level, prompt, in_bytes))
     phi = lam * ttft1
-    service99 = float(pred.ttft_ms(1, share, level, prompt99, in_bytes)) * pred.ttft_tail
-    sd = max(service99 - ttft1, 0.0) / 2.326
+    ttft99_prompt = float(pred.ttft_ms(1, share, level, prompt99, in_bytes))
+    sd = max(ttft99_prompt - ttft1, 0.0) / Z99
     theta = decay_rate(lam, ttft1, sd)
     if phi > 0.005:
         tail_t = ttft1 + _div(_log(max(phi, 1e-300) * 200.0) + theta * theta * sd * sd / 2.0,
@@ -204,6 +236,8 @@ def _evaluate(t: TenantSpec, pred: Predictor, params: AllocParams, share: float,
     else:
         tail_t = 0.0
     prefill99 = max(ttft1 + 2.576 * sd, tail_t)
+    cs = _div(sd, ttft1)
+    wait_mean = _div(phi * (1.0 + cs * cs) / 2.0 * ttft1, 1.0 - phi) if phi < 1.0 else INF
     phi99 = phi + 2.326 * ttft1 * math.sqrt(lam / (params.interference_window_s * 1000.0))
     stretch = max(_div(1.0, 1.0 - phi), 1.0 + phi99) if phi < 1.0 else INF
     cap_ttft = _div(1.0, max(ttft1, 1e-12)) if ttft1 > 0 else INF
@@ -211,7 +245,7 @@ def _evaluate(t: TenantSpec, pred: Predictor, params: AllocParams, share: float,
     def tpot_ms(b: float) -> float:
         return float(pred.tpot_ms(b, share, level, prompt, out))
 
-    rows: list[tuple[bool, float, float, float, float, float]] = []
+    rows: list[tuple[bool, float, float, float, float, float, float]] = []
     for b in batches:
         bf = float(b)
         tpot_full = tpot_ms(bf)
@@ -224,29 +258,32 @@ def _evaluate(t: TenantSpec, pred: Predictor, params: AllocParams, share: float,
             n = min(bf, lam * (ttft1 + o1 * step / max(1.0 - phi, 1e-9)))
         n99 = min(max(math.ceil(n + 2.326 * math.sqrt(n)), 1.0), bf)
         tpot = tpot_ms(math.ceil(max(n, 1.0)))
-        tpot99 = tpot_ms(n99) * stretch * pred.tpot_tail
-        ttft99 = prefill99 + tpot
+        burst = tpot_ms(n99) * stretch
+        tpot99 = burst * margin(burst, tpot * (1.0 + phi), sample_sd, pred.tpot_tail, z_conf)
+        m_ttft = margin(prefill99 + tpot, ttft1 + wait_mean + tpot, sample_sd, pred.ttft_tail,
+                        z_conf)
+        ttft99 = (prefill99 + tpot) * m_ttft
         cap = min(slots_rate, cap_ttft)
         ok = (lam <= params.rho_max * slots_rate and phi <= params.rho_max
               and ttft99 <= ttft_slo and tpot99 <= tpot_slo)
-        rows.append((ok, resid, slots_rate, ttft99, tpot99, cap))
+        rows.append((ok, resid, slots_rate, ttft99, tpot99, cap, m_ttft))
     # the queueing wait in descending batch order; the largest feasible batch wins
     chosen = len(batches) - 1
     feasible = False
     for i in reversed(range(len(batches))):
-        ok, resid, rate, ttft99, tpot99, cap = rows[i]
+        ok, resid, rate, ttft99, tpot99, cap, m_ttft = rows[i]
         if not ok:
             continue
         pw = erlang_c(batches[i], lam * resid)
         w99 = _div(_log(max(pw, 1e-300) * 100.0), rate - lam) if pw > 0.01 else 0.0
-        ttft99 = ttft99 + w99
-        rows[i] = (ok, resid, rate, ttft99, tpot99, cap)
+        ttft99 = ttft99 + w99 * m_ttft
+        rows[i] = (ok, resid, rate, ttft99, tpot99, cap, m_ttft)
         if ttft99 <= ttft_slo:
             chosen, feasible = i, True
             break
     if not full:
         return Point(feasible, batches[chosen], 0.0, 0.0, 0.0)
-    _, _, _, ttft99, tpot99, cap = rows[chosen]
+    _, _, _, ttft99, tpot99, cap, _ = rows[chosen]
     return Point(feasible, batches[chosen], ttft99, tpot99, cap * 1000.0)
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import replace
 
 import pytest
@@ -32,7 +33,7 @@ def test_six_model_mix_saves_a_quarter_and_matches_the_oracle(a100_predictors: d
     plan, best, static = allocator.greedy(pb), allocator.oracle(pb), allocator.static(pb)
     assert plan.feasible and best.feasible and best.optimal
     static_total = sum(t.static_share_pct or 0 for t in pb.tenants)
-    assert plan.total_share_pct <= 0.8 * static_total  # measured: 149 % vs 200 %
+    assert plan.total_share_pct <= 0.8 * static_total  # measured: 153 % vs 200 % (vgpu4)
     assert best.total_share_pct <= plan.total_share_pct <= 1.05 * best.total_share_pct
     for a in plan.assignments.values():
         t = next(x for x in pb.tenants if x.name == a.tenant)
@@ -173,6 +174,34 @@ def test_profile_equals_plain_one_percent_stepping(
         expected.append(max([share, *expected[-1:]]))
     assert list(prof.shares) == expected
     assert np.all(np.diff(prof.shares) >= 0)
+
+
+def test_window_margin_adds_sampling_and_predictor_error_in_quadrature() -> None:
+    from gpuguardd.vgpu import scalar
+
+    z99 = scalar.Z99
+    # no sampling error: at the 99 % confidence the margin is the predictor's tail itself
+    assert scalar.margin(60.0, 40.0, 0.0, 1.07, z99) == pytest.approx(1.07)
+    # no predictor error and no spread: nothing to add
+    assert scalar.margin(60.0, 60.0, 0.3, 1.0, z99) == 1.0
+    # both: the quadrature sum lies between the larger one alone and their product
+    spread = math.log(60.0 / 40.0) / z99
+    alone = math.exp(z99 * spread * 0.2)
+    both = scalar.margin(60.0, 40.0, 0.2, 1.07, z99)
+    assert max(alone, 1.07) < both < alone * 1.07
+    # a longer window (more requests) samples its p99 more tightly
+    short = scalar.window_sd(1.0, allocator.AllocParams(slo_window_s=60.0))
+    long = scalar.window_sd(1.0, allocator.AllocParams(slo_window_s=600.0))
+    assert long == pytest.approx(short / math.sqrt(10.0))
+
+
+def test_a_higher_slo_confidence_never_needs_less_share(a100_predictors: dict) -> None:
+    for t in example_tenants():
+        pred = a100_predictors[(t.model, A100.name)]
+        shares = [allocator.build_profile(t, A100, pred,
+                                          allocator.AllocParams(slo_confidence=c)).shares[0]
+                  for c in (0.8, 0.95, 0.99, 0.999)]
+        assert shares == sorted(shares), (t.name, shares)
 
 
 def _erlang_c_reference(c: int, a: float) -> float:

@@ -29,10 +29,12 @@ def _tenants(n: int, seed: int) -> list[allocator.TenantSpec]:
     return [t for t in out if t.ttft_slo_ms is not None or t.tpot_slo_ms is not None]
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize(("seed", "params"), [
+    (1, allocator.AllocParams()), (2, allocator.AllocParams()),
+    (3, allocator.AllocParams(slo_confidence=0.9, slo_window_s=60.0))])
 def test_points_and_required_shares_match_the_numpy_model(
-        seed: int, a100_predictors: dict[tuple[str, str], object]) -> None:
-    params = allocator.AllocParams()
+        seed: int, params: allocator.AllocParams,
+        a100_predictors: dict[tuple[str, str], object]) -> None:
     for t in _tenants(12, seed):
         pred = a100_predictors[(t.model, A100.name)]
         assert isinstance(pred, allocator.Predictor)
