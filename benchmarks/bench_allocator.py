@@ -275,13 +275,16 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile-csv", type=Path)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--sim-seconds", type=int, default=600)
+    ap.add_argument("--sim-seconds", type=int, default=3600)
     ap.add_argument("--sim-seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
     ap.add_argument("--sweep", type=int, nargs=2, metavar=("FIRST", "LAST"),
                     help="also run the plan over seeds FIRST..LAST in-process and count the "
                          "runs that miss an SLO (about 0.5 s per seed)")
     ap.add_argument("--slo-confidence", type=float, default=allocator.AllocParams().slo_confidence,
                     help="AllocParams.slo_confidence for the six-model mix")
+    ap.add_argument("--slo-window", type=float, default=None,
+                    help="AllocParams.slo_window_s (the window an SLO is checked on) for the "
+                         "six-model mix; default: --sim-seconds, the window the runs check")
     args = ap.parse_args()
     preds, quality, fit_s = predictors(args.profile_csv)
     res: dict[str, Any] = {
@@ -291,8 +294,11 @@ def main() -> int:
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "predictors": quality, "fit_s": round(fit_s, 2),
     }
-    res["mix"], plan = mix(preds, allocator.AllocParams(slo_confidence=args.slo_confidence))
+    slo_window_s = args.sim_seconds if args.slo_window is None else args.slo_window
+    res["mix"], plan = mix(preds, allocator.AllocParams(slo_confidence=args.slo_confidence,
+                                                        slo_window_s=slo_window_s))
     res["mix"]["slo_confidence"] = args.slo_confidence
+    res["mix"]["slo_window_s"] = slo_window_s
     with tempfile.TemporaryDirectory() as tmp:
         if args.sweep:
             res["sim_sweep"] = sweep(plan, Path(tmp), args.sim_seconds, *args.sweep)

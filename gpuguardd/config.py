@@ -268,6 +268,12 @@ class VgpuConfig:
                            lo=0.0, hi=86_400.0)
     restart_budget_per_hour: int = _f(
         6, "share changes (each restarts a tenant) per rolling hour, whole host", lo=0, hi=600)
+    slo_window_s: float = _f(
+        3600.0, "the span over which a tenant's p99 is held to its SLO, seconds: shares carry a "
+        "margin for the sampling error of one such window's p99 (shorter: larger margin)",
+        lo=10.0, hi=30 * 86_400.0)
+    slo_confidence: float = _f(
+        0.99, "probability that one slo_window_s window's p99 meets the SLO", lo=0.5, hi=0.9999)
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,9 @@ def load_problem(
             else:
                 preds[(label, spec.name)] = synthetic.fitted_predictor(arch, spec)
                 source[f"{label}|{spec.name}"] = "synthetic"
-    return allocator.Problem(tenants, gpus, preds), source
+    params = allocator.AllocParams(slo_window_s=inp.slo_window_s,
+                                   slo_confidence=inp.slo_confidence)
+    return allocator.Problem(tenants, gpus, preds, params), source
 
 
 def result_dict(

@@ -1,5 +1,6 @@
 """The allocation input file (``gpuguardd allocate --tenants FILE``), validated like the config.
 
+    slo_window_s = 3600              # optional: the window a p99 is held to its SLO over
     [[gpu]]
     model = "A100-SXM4-80GB"
     count = 2
@@ -56,6 +57,10 @@ class AllocTenant:
 class AllocInput:
     gpu: tuple[GpuEntry, ...] = field(default=(), metadata={"doc": "GPUs ([[gpu]] tables)"})
     tenants: tuple[AllocTenant, ...] = field(default=(), metadata={"doc": "tenants"})
+    slo_window_s: float = _f(3600.0, "the span over which a p99 is held to its SLO, seconds",
+                             lo=10.0, hi=30 * 86_400.0)
+    slo_confidence: float = _f(0.99, "probability that one window's p99 meets the SLO",
+                               lo=0.5, hi=0.9999)
 
 
 def from_dict(data: Mapping[str, Any]) -> AllocInput:

@@ -32,8 +32,9 @@ P99 is the tenant's ``prompt_tokens_p99`` (default: P, no spread). Adding the sl
 running step to Tp99 over-estimates the p99 of the sum: the model errs on the safe side.
 
 One window's p99. The terms above are stationary p99s: over a long run, 1 % of requests exceed
-them. An SLO is checked on one window's requests (``slo_window_s``, 600 s: the simulator's run,
-the bench's verdict), and that window's p99 is a sample of it. The margin M(p99, mean, tail)
+them. An SLO is checked on one window's requests (``slo_window_s``, default one hour; set from
+``[vgpu]`` or the ``allocate`` input; the bench's runs are one such window), and that window's
+p99 is a sample of it. The margin M(p99, mean, tail)
 raises a stationary p99 to the level the window's p99 stays under with probability
 ``slo_confidence`` (0.99), from two independent errors, added in quadrature (a quantile of
 their sum, not a sum of their quantiles):

@@ -227,7 +227,9 @@ def _problem(state: VgpuState, snapshot: Snapshot, config: Config,
                     notes.append(f"{s.name}: {config.vgpu.predictors} has no predictor for "
                                  f"({s.model}, {spec.name}); using the built-in one")
                 preds[(s.model, spec.name)] = builtin.predictor(s.arch, spec)
-    return scalar.Problem(tuple(state.specs.values()), tuple(gpus), preds)
+    params = scalar.AllocParams(slo_window_s=config.vgpu.slo_window_s,
+                                slo_confidence=config.vgpu.slo_confidence)
+    return scalar.Problem(tuple(state.specs.values()), tuple(gpus), preds, params)
 
 
 def step(

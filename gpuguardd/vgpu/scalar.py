@@ -72,7 +72,7 @@ class AllocParams:
     interference_window_s: float = 1.0
     # the span over which a tenant's p99 is measured against its SLO, and the probability
     # that one such span's p99 meets it (the allocator's module docstring: "One window's p99")
-    slo_window_s: float = 600.0
+    slo_window_s: float = 3600.0
     slo_confidence: float = 0.99
 
 

@@ -126,3 +126,24 @@ def test_fit_bad_csv_exits_2_naming_line_and_column(
     csv.write_text(csv.read_text().replace(",x,", ",50,"))
     code, _, err = run(capsys, "fit", "--data", str(csv), "--out", str(tmp_path / "o.json"))
     assert code == 2 and "training rows" in err
+
+
+def test_allocate_a_shorter_slo_window_needs_more_share(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One window's p99 is a noisier sample the fewer requests it holds: the plan for SLOs held
+    over 10-minute windows carries a larger margin than the default hour."""
+    totals = {}
+    for window in (600, 3600):
+        f = tmp_path / f"w{window}.toml"
+        f.write_text(f"slo_window_s = {window}\n" + EXAMPLE.read_text())
+        out_json = tmp_path / f"w{window}.json"
+        code, _, err = run(capsys, "allocate", "--tenants", str(f), "--json", str(out_json),
+                           "--no-oracle")
+        assert code == 0, err
+        totals[window] = json.loads(out_json.read_text())["total_share_pct"]
+    assert totals[600] > totals[3600]
+    f = tmp_path / "bad.toml"
+    f.write_text("slo_confidence = 1.5\n" + EXAMPLE.read_text())
+    code, _, err = run(capsys, "allocate", "--tenants", str(f))
+    assert code == 2 and "slo_confidence" in err and "Traceback" not in err

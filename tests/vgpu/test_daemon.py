@@ -90,10 +90,11 @@ def test_ladder_only_without_vgpu() -> None:
 # -- absorb: a share counts only when applied ----------------------------------------------------
 
 
-def _planned(budget: int = 6) -> tuple[Config, daemon.VgpuState, tuple[VgpuSet, ...]]:
+def _planned(budget: int = 6, **vgpu: Any) -> tuple[Config, daemon.VgpuState,
+                                                     tuple[VgpuSet, ...]]:
     sc = load_scenario(SCENARIO, seconds=60)
     cfg = sim_config(sc, "static", Config(vgpu=VgpuConfig(
-        enabled=True, demand_window_s=20.0, restart_budget_per_hour=budget)))
+        enabled=True, demand_window_s=20.0, restart_budget_per_hour=budget, **vgpu)))
     host = sc.build_host()
     state = daemon.initial(cfg, Inputs())
     acts: tuple[VgpuSet, ...] = ()
@@ -316,3 +317,13 @@ def test_status_carries_the_kubernetes_patch_for_the_planned_share() -> None:
     limits = patch["strategic_merge_patch"]["spec"]["template"]["spec"]["containers"][0]
     assert limits["name"] == "vllm"
     assert limits["resources"]["limits"]["nvidia.com/gpucores"] == str(share)
+
+
+def test_the_configured_slo_window_sets_the_plans_margin() -> None:
+    """[vgpu] slo_window_s reaches the planner: SLOs held over shorter windows need more."""
+    shares = {}
+    for window in (60.0, 3600.0):
+        _, _, acts = _planned(budget=6, slo_window_s=window)
+        assert acts
+        shares[window] = sum(a.compute_pct for a in acts)
+    assert shares[60.0] > shares[3600.0]
