@@ -268,6 +268,10 @@ class VgpuConfig:
                            lo=0.0, hi=86_400.0)
     restart_budget_per_hour: int = _f(
         6, "share changes (each restarts a tenant) per rolling hour, whole host", lo=0, hi=600)
+    restart_outage_s: float = _f(
+        30.0, "what a share change's restart costs the tenant, seconds: a raise waits until "
+        "more of its requests missed the SLO than this outage delays (ski rental), unless the "
+        "tenant is overloaded", lo=0.0, hi=3600.0)
     slo_window_s: float = _f(
         3600.0, "the span over which a tenant's p99 is held to its SLO, seconds: shares carry a "
         "margin for the sampling error of one such window's p99 (shorter: larger margin)",

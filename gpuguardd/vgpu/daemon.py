@@ -158,7 +158,8 @@ def policy_of(config: Config) -> ReplanPolicy:
     v = config.vgpu
     return ReplanPolicy(demand_band=v.demand_band, activity_band=v.activity_band,
                         lower_band_pct=v.lower_band_pct, headroom_pct=v.headroom_pct,
-                        cooldown_s=v.cooldown_s, restart_budget_per_hour=v.restart_budget_per_hour)
+                        cooldown_s=v.cooldown_s, restart_budget_per_hour=v.restart_budget_per_hour,
+                        restart_outage_s=v.restart_outage_s)
 
 
 def _trim(h: tuple[tuple[float, int], ...], now: float,
@@ -285,7 +286,8 @@ def step(
         pred = problem.predictors[(spec.model, gpu.name)]
         batch = scalar.point(spec, pred, problem.params, ts.share_pct, 0.0).batch
         act = scalar.footprint(spec, gpu, batch)
-        observed[name] = Observation(d, act)  # a held tenant still counts as a co-runner
+        # a held tenant still counts as a co-runner
+        observed[name] = Observation(d, act, _missed(snapshot, spec))
         if name not in hold:
             specs[name] = spec
         own[ts.gpu] = own.get(ts.gpu, 0.0) + act
@@ -310,6 +312,19 @@ def step(
     before = {a.tenant: tenants[a.tenant] for a in res.actions}
     return (replace(out, replan=res.state, before=before, reasons=reasons, notes=tuple(notes)),
             res.actions, tuple(notes) + tuple(a.reason for a in res.actions))
+
+
+def _missed(snapshot: Snapshot, spec: scalar.TenantSpec) -> int | None:
+    """This tick's requests over the tenant's SLOs (the larger of TTFT and TPOT), None when its
+    latency source is not answering."""
+    s = snapshot.tenants.get(spec.name)
+    if s is None or not s.latency.ok:
+        return None
+    ttft = (s.latency.ttft.count_above(spec.ttft_slo_ms / 1e3)
+            if spec.ttft_slo_ms is not None else 0)
+    tpot = (s.latency.tpot.count_above(spec.tpot_slo_ms / 1e3)
+            if spec.tpot_slo_ms is not None else 0)
+    return max(ttft, tpot)
 
 
 def absorb(state: VgpuState, outcomes: Sequence[Outcome], now: float) -> VgpuState:

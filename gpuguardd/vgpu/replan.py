@@ -4,6 +4,11 @@ Control law per tenant i, placement fixed (the daemon never migrates here):
 
     required_i = S_i(level(co-runner activity now), demand now)       (allocator model)
     raise  when required_i > current_i                                 (SLO at risk: fast)
+           and either the tenant is overloaded (predicted capacity < demand: its queue grows
+           without bound), or more of its requests have missed the SLO since the need arose
+           than the raise's restart delays (restart_outage_s · demand: ski rental - a
+           raise's own outage sends every request it delays over the SLO, so a tail that
+           misses the SLO less often than that waits), or its misses cannot be observed
            to S_i(level, demand · (1 + demand_band)): a demand still rising would otherwise
            need another raise, i.e. another restart, within the band
     lower  when current_i - required_i ≥ lower_band_pct
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from gpuguardd.model.actions import VgpuSet
 from gpuguardd.vgpu import scalar
+from gpuguardd.vgpu.predictor import Predictor
 
 HOUR_S = 3600.0
 
@@ -37,6 +43,7 @@ class ReplanPolicy:
     headroom_pct: int = 2  # kept above the requirement when lowering
     cooldown_s: float = 300.0
     restart_budget_per_hour: int = 6
+    restart_outage_s: float = 30.0  # what a share change's restart costs the tenant, seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,8 @@ class TenantState:
     activity_others: float  # co-runner activity when the share was last set
     changed_at: float | None = None
     restartable: bool = True
+    #: requests that missed an SLO since a raise became due (reset when none is)
+    damage: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +69,8 @@ class ReplanState:
 class Observation:
     demand_rps: float
     activity: float  # the tenant's own footprint (SM activity), fraction
+    #: requests over an SLO since the last observation; None when they cannot be observed
+    missed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +102,7 @@ def replan(
         gpu_act[ts.gpu] = gpu_act.get(ts.gpu, 0.0) + (obs.activity if obs else 0.0)
     wants: list[tuple[int, str, int, int, str]] = []  # (priority, name, target, required, why)
     notes: list[str] = []
+    damage: dict[str, float] = {}
     for name in sorted(state.tenants):
         ts = state.tenants[name]
         spec = tenants.get(name)
@@ -110,7 +122,17 @@ def replan(
             required = 100
         why = (f"demand {ts.demand_rps:g}→{obs.demand_rps:g} rps, co-runner activity "
                f"{ts.activity_others:.2f}→{others:.2f}: required {required} %")
-        if required > ts.share_pct:
+        if required <= ts.share_pct:
+            damage[name] = 0.0
+        else:
+            damage[name] = ts.damage + (obs.missed or 0)
+            go, rental = _rental(spec, pred, params, ts.share_pct, lvl, obs, damage[name],
+                                 policy)
+            if not go:
+                notes.append(f"{name}: holding at {ts.share_pct} %: {rental}; would raise: "
+                             f"{why}")
+                continue
+            why = f"{why}; {rental}" if rental else why
             ahead = scalar.required_share(
                 replace(spec, demand_rps=obs.demand_rps * (1.0 + policy.demand_band)), gpu,
                 pred, params, lvl)
@@ -126,7 +148,8 @@ def replan(
             wants.append((1, name, target, required,
                           f"lower {ts.share_pct}→{target} % (floor {floor} %): {why}"))
     actions: list[VgpuSet] = []
-    new_tenants = dict(state.tenants)
+    new_tenants = {n: replace(ts, damage=damage.get(n, ts.damage))
+                   for n, ts in state.tenants.items()}
     gpu_total: dict[int, int] = {}
     for ts in state.tenants.values():
         gpu_total[ts.gpu] = gpu_total.get(ts.gpu, 0) + ts.share_pct
@@ -158,5 +181,23 @@ def replan(
         new_tenants[name] = replace(
             ts, share_pct=target, demand_rps=obs.demand_rps,
             activity_others=max(0.0, gpu_act[ts.gpu] - obs.activity), changed_at=now,
+            damage=0.0,
         )
     return ReplanResult(ReplanState(new_tenants, restarts), tuple(actions), tuple(notes))
+
+
+def _rental(spec: scalar.TenantSpec, pred: Predictor, params: scalar.AllocParams,
+            share_pct: int, level: int, obs: Observation, damage: float,
+            policy: ReplanPolicy) -> tuple[bool, str]:
+    """Whether a due raise goes ahead now, and why (ski rental)."""
+    if obs.missed is None:
+        return True, ""  # misses unobservable: trust the prediction
+    capacity = scalar.point(spec, pred, params, share_pct, level * params.grid_step).capacity_rps
+    if capacity < obs.demand_rps:
+        # overloaded: the queue, and every request's wait, grows without bound
+        return True, f"overloaded: capacity {capacity:.3g} < {obs.demand_rps:.3g} rps"
+    price = policy.restart_outage_s * obs.demand_rps
+    rel = ">=" if damage >= price else "<"
+    return damage >= price, (f"{damage:.0f} requests missed the SLO {rel} the raise's restart "
+                             f"{policy.restart_outage_s:g} s x {obs.demand_rps:.3g} rps = "
+                             f"{price:.0f} (ski rental)")

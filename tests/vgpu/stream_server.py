@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 BASE_TTFT_S = 0.02
 BASE_GAP_S = 0.004
@@ -69,6 +71,11 @@ class StreamServer(ThreadingHTTPServer):
     def __init__(self, port: int, control: Path | None):
         super().__init__(("127.0.0.1", port), Handler)
         self.control = control
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError | ConnectionResetError):
+            return  # the client left mid-stream (a timeout, a cancelled sweep), as clients do
+        super().handle_error(request, client_address)
 
     def share(self) -> float:
         if self.control is not None:

@@ -109,3 +109,53 @@ def test_raise_is_clipped_to_the_gpu_room(setup: tuple) -> None:
     acts = [a for a in res.actions if a.tenant == "a"]
     assert acts and acts[0].compute_pct == state.tenants["a"].share_pct + 1
     assert any("has room" in n for n in res.notes)
+
+
+# -- ski rental: a raise's restart is paid for by the misses it ends ----------------------------
+
+def _with_misses(obs: dict, name: str, missed: int | None) -> dict:
+    return {**obs, name: replace(obs[name], missed=missed)}
+
+
+def test_a_due_raise_waits_until_the_misses_pay_for_its_restart(setup: tuple) -> None:
+    tenants, pb, state = setup
+    policy = ReplanPolicy(restart_outage_s=30.0)
+    # 2.5 rps needs more share but stays under capacity: price 30 s x 2.5 rps = 75 requests
+    obs = _with_misses(obs_of(pb, tenants, {"a": 2.5}), "a", 10)
+    now = 1000.0
+    for tick in range(1, 8):  # 10 .. 70 missed: still cheaper than the restart
+        res = replan(state, tenants, obs, pb, now=now, policy=policy)
+        assert [a for a in res.actions if a.tenant == "a"] == []
+        assert res.state.tenants["a"].damage == 10 * tick
+        assert any(n.startswith("a: holding at") and "< the raise's restart 30 s x 2.5 rps = 75"
+                   in n for n in res.notes), res.notes
+        state, now = res.state, now + 2.0
+    res = replan(state, tenants, obs, pb, now=now, policy=policy)
+    (act,) = [a for a in res.actions if a.tenant == "a"]
+    assert act.compute_pct > state.tenants["a"].share_pct
+    assert "80 requests missed the SLO >= the raise's restart" in act.reason
+    assert res.state.tenants["a"].damage == 0.0
+
+
+def test_misses_count_only_while_a_raise_is_due(setup: tuple) -> None:
+    tenants, pb, state = setup
+    policy = ReplanPolicy(restart_outage_s=30.0)
+    due = replan(state, tenants, _with_misses(obs_of(pb, tenants, {"a": 2.5}), "a", 40), pb,
+                 now=1000.0, policy=policy)
+    assert due.state.tenants["a"].damage == 40
+    # demand back to what the share covers: the stray misses are the tail's own 1 %
+    calm = replan(due.state, tenants, _with_misses(obs_of(pb, tenants, {}), "a", 5), pb,
+                  now=1002.0, policy=policy)
+    assert calm.actions == () and calm.state.tenants["a"].damage == 0.0
+
+
+@pytest.mark.parametrize(("missed", "why"), [(0, "overloaded: capacity"), (None, "required")])
+def test_an_overloaded_or_unobservable_tenant_is_raised_at_once(
+        setup: tuple, missed: int | None, why: str) -> None:
+    tenants, pb, state = setup
+    obs = obs_of(pb, tenants, {"a": 6.0})  # beyond what its share can serve at all
+    res = replan(state, tenants, _with_misses(obs, "a", missed), pb, now=1000.0,
+                 policy=ReplanPolicy(restart_outage_s=30.0))
+    (act,) = [a for a in res.actions if a.tenant == "a"]
+    assert act.compute_pct > state.tenants["a"].share_pct and why in act.reason
+    assert "ski rental" not in act.reason
