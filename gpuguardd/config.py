@@ -174,7 +174,7 @@ class PolicyConfig:
     move_outage_s: float = _f(
         30.0,
         "expected outage of restarting a restartable batch tenant to move it, seconds (or its "
-        "last measured move or restart, when longer): on a PCIe cause the ladder moves the "
+        "last measured move or MPS restart, when longer): on a PCIe cause the ladder moves the "
         "suspect at once instead of trying io.max when the throttle that would meet the SLO is "
         "predicted to cost it more throughput before stopgap_s than this outage",
         lo=0.0,

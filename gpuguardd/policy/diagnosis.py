@@ -41,6 +41,8 @@ AMBIGUOUS_R = 0.5
 MIN_POINTS = 5
 #: a signal below this fraction of its current value counts as quiet
 QUIET = 0.1
+#: a suspect whose last ticks run below this fraction of its window mean is fading away
+FADING = 0.5
 #: named suspects beat anonymous load of the same resource at equal evidence
 ANONYMOUS_WEIGHT = 0.9
 
@@ -80,11 +82,21 @@ class Suspect:
     #: None without a correlation. What cutting the signal would buy, to first order: the
     #: ladder uses it to predict how deep a throttle must cut.
     effect: float | None = None
+    #: the signal at the last tick; ``value`` is what the victim's window saw
+    now: float | None = None
+
+    @property
+    def fading(self) -> bool:
+        """Gone quiet within the victim's window: its tail will follow without a lever."""
+        return self.now is not None and self.now < FADING * self.value
 
     def describe(self) -> str:
         corr = f"r={self.r:.2f}" if self.r is not None else "r=n/a"
         who = self.tenant if self.tenant is not None else "other load"
         value = fmt_value(self.signal, self.value)
+        if self.fading:
+            assert self.now is not None
+            value += f" over the window, {fmt_value(self.signal, self.now)} now"
         return f"{corr} with {who} {self.signal} {value}, {self.relation}"
 
 
@@ -168,7 +180,7 @@ def _smoothed(history: Sequence[TickRates], signal: Signal, window_s: float) -> 
 
 @dataclass(frozen=True, slots=True)
 class _Evidence:
-    value: float  # current signal (mean of the last ``recent`` ticks)
+    value: float  # the load the victim's window saw: the larger of ``now`` and the window mean
     pressure: float
     r: float | None
     #: the victim's p99/SLO the fitted line attributes to the signal's current value
@@ -177,6 +189,8 @@ class _Evidence:
     #: the victim's mean p99/SLO over the ticks the signal was quiet (below QUIET of its
     #: current value), None with fewer than MIN_POINTS of them
     quiet_ratio: float | None
+    #: the signal at the last tick (``value``: the larger of its recent and its window mean)
+    now: float
 
 
 def _candidate(
@@ -195,6 +209,7 @@ def _candidate(
     smoothed = _smoothed(history, signal, window_s)
     # the load the victim's current window saw: a neighbour that went quiet a moment ago still
     # fills the window the tail is read from (the recent mean catches an onset sooner)
+    now = values[-1] if values[-1] is not None else sum(known) / len(known)
     value = max(sum(known) / len(known), smoothed[-1] or 0.0)
     pressure = value / capacity if capacity > 0 else 0.0
     xs: list[float] = []
@@ -214,7 +229,7 @@ def _candidate(
         explained = max(0.0, sxy / sxx * value)
     quiet = [y for x, y in zip(xs, ys, strict=True) if x <= QUIET * value]
     quiet_ratio = sum(quiet) / len(quiet) if len(quiet) >= MIN_POINTS else None
-    return _Evidence(value, pressure, r, explained, quiet_ratio)
+    return _Evidence(value, pressure, r, explained, quiet_ratio, now)
 
 
 def relation(topology: Topology, v: Placement, o: Placement) -> tuple[str, str] | None:
@@ -320,7 +335,7 @@ def diagnose(
             score *= ANONYMOUS_WEIGHT
         if score > 0:
             found.append(Suspect(tenant, cause, label, relation, value, pressure, r, score,
-                                 _effect(c, now_ratio)))
+                                 _effect(c, now_ratio), c.now))
 
     anon_pcie_gpus: list[int] = []
     for o in sorted(snapshot.tenants.values(), key=lambda t: t.name):

@@ -293,9 +293,11 @@ class _Tick:
     def _settle_pending(self) -> None:
         for tenant, p in list(self.pending.items()):
             done = _pending_done(p, self.snap)
-            if done and p.to is not None:
-                self.outages[tenant] = self.now - p.issued_at  # a move or a restart in place
-            if done or self.now - p.issued_at > PENDING_TIMEOUT_S:
+            late = self.now - p.issued_at > PENDING_TIMEOUT_S
+            if (done or late) and p.to is not None:
+                # a move or an MPS restart; one never seen completing cost at least this much
+                self.outages[tenant] = self.now - p.issued_at
+            if done or late:
                 del self.pending[tenant]
             if tenant in self.victims:
                 # ski rental: the outage was the price; what it delays (the backlog served
@@ -681,10 +683,16 @@ class _Tick:
             return None
         top = next((s for s in diag.named if s.cause == "pcie"), None)
         if (top is None or top.tenant is None or top.effect is None or top.effect <= 0
+                or f"io.max {top.tenant}" in v.failed
                 or not may_restart(top.tenant, self.snap, self.cfg)):
             return None
+        if top.fading:
+            return None  # gone quiet: a throttle costs it nothing, a restart would
         aim = 1.0 - pc.recovery_margin / 2.0  # the middle of the dead band
-        keep = max(0.0, 1.0 - (reading.ratio - aim) / top.effect)
+        if reading.ratio - top.effect > aim:
+            return (f"{top.tenant} accounts for {top.effect:.2f} x SLO of the tail: even "
+                    f"without it p99 would stay above {aim:.0%} of the SLO")
+        keep = 1.0 - (reading.ratio - aim) / top.effect
         cost = (1.0 - keep) * pc.stopgap_s
         compared = (f"io.max would have to hold {top.tenant} at <= {keep:.0%} of its rate to "
                     f"bring p99 to {aim:.0%} of the SLO (its effect {top.effect:.2f} x SLO): "

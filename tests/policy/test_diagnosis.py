@@ -152,3 +152,23 @@ def test_a_neighbour_that_just_went_quiet_still_explains_the_window_it_filled() 
              for i in range(60, 66)]
     assert not diagnose("t1", snap, hist, protected=frozenset({"t1"}), recent=3,
                         window_s=10.0).named
+
+
+@pytest.mark.parametrize(
+    ("explained", "quiet", "now_ratio", "effect"),
+    [
+        (None, 0.7, 1.5, None),  # no correlation: no fitted effect
+        (0.6, None, 1.5, 0.6),  # never quiet: the fitted line alone
+        (1.6, 0.7, 1.5, 0.8),  # an onset's steep slope, bounded by the quiet level
+        (0.5, 0.7, 1.5, 0.5),  # the line below that bound
+        (0.5, 1.6, 1.5, 0.0),  # the tail was higher while it was quiet: no effect
+    ],
+)
+def test_a_suspects_effect_is_bounded_by_the_tail_without_it(
+    explained: float | None, quiet: float | None, now_ratio: float, effect: float | None
+) -> None:
+    from gpuguardd.policy.diagnosis import _effect, _Evidence
+
+    c = _Evidence(1e9, 0.1, 0.9, explained, quiet, 1e9)
+    got = _effect(c, now_ratio)
+    assert got == (pytest.approx(effect) if effect is not None else None)

@@ -374,3 +374,23 @@ def test_a_measured_restart_replaces_the_configured_guess() -> None:
     action, reason = _first_action(toy, cfg, slow)
     assert isinstance(action, IoThrottle), reason
     assert "<= its 100 s restart (measured)" in reason
+
+
+def test_a_suspect_that_went_quiet_is_not_moved() -> None:
+    """t2 reads for 4 s and stops: the victim's window still holds its burst, but the tail
+    will follow by itself; restarting t2 would cost it 30 s for nothing."""
+    toy = Toy(base_s=0.010, slope_s_per_gbps=0.004)
+
+    def blip(t: float, toy: Toy) -> None:
+        toy.t2_on = 40.0 < t <= 44.0
+
+    _, log = run(toy, config(), 70.0, every=blip)
+    assert not [a for _, d in log for a in d.actions if isinstance(a, Migrate)]
+
+
+def test_no_move_first_when_the_suspect_explains_too_little_of_the_tail() -> None:
+    # t1 14 ms (0.93 x SLO) without t2, 26 ms with it: moving t2 cannot bring p99 to 90 %
+    toy = Toy(base_s=0.014, slope_s_per_gbps=0.004)
+    action, reason = _first_action(toy, config())
+    assert isinstance(action, IoThrottle), reason
+    assert "t2 accounts for" in reason and "even without it p99 would stay above 90%" in reason
