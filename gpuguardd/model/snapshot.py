@@ -83,6 +83,15 @@ class LatencyWindow:
     tpot: FrozenSketch = FrozenSketch()
     ok: bool = True
 
+    def missed(self, ttft_slo_s: float | None, tpot_slo_s: float | None) -> int:
+        """Requests over an SLO (the larger count of TTFT and TPOT samples above theirs)."""
+        return max(self.ttft.count_above(ttft_slo_s) if ttft_slo_s else 0,
+                   self.tpot.count_above(tpot_slo_s) if tpot_slo_s else 0)
+
+    @property
+    def requests(self) -> int:
+        return max(self.ttft.count, self.tpot.count)
+
 
 @dataclass(frozen=True, slots=True)
 class TenantSample:

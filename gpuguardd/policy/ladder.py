@@ -83,7 +83,7 @@ from gpuguardd.policy.state import (
     Trial,
     Victim,
 )
-from gpuguardd.policy.window import TailReading, Verdict, count_above, read_tail
+from gpuguardd.policy.window import TailReading, Verdict, read_tail
 
 #: levers each policy may use
 POLICY_LEVELS: Mapping[str, frozenset[int]] = {
@@ -260,10 +260,7 @@ class _Tick:
                 continue
             window = v.window.push(self.now, t.latency, self.pc.window_s)
             ttft_slo, tpot_slo = _slo_s(self.cfg.tenant(name))
-            missed = 0
-            if t.latency.ok:
-                missed = max(count_above(t.latency.ttft, ttft_slo) if ttft_slo else 0,
-                             count_above(t.latency.tpot, tpot_slo) if tpot_slo else 0)
+            missed = t.latency.missed(ttft_slo, tpot_slo) if t.latency.ok else 0
             dt = self.now - self.s.now if math.isfinite(self.s.now) else 0.0
             if self.now < v.rent_from:
                 missed = 0

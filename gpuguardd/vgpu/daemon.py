@@ -315,16 +315,14 @@ def step(
 
 
 def _missed(snapshot: Snapshot, spec: scalar.TenantSpec) -> int | None:
-    """This tick's requests over the tenant's SLOs (the larger of TTFT and TPOT), None when its
-    latency source is not answering."""
+    """This tick's requests over the tenant's SLOs beyond the 1 % a p99 SLO allows, None when
+    its latency source is not answering."""
     s = snapshot.tenants.get(spec.name)
     if s is None or not s.latency.ok:
         return None
-    ttft = (s.latency.ttft.count_above(spec.ttft_slo_ms / 1e3)
-            if spec.ttft_slo_ms is not None else 0)
-    tpot = (s.latency.tpot.count_above(spec.tpot_slo_ms / 1e3)
-            if spec.tpot_slo_ms is not None else 0)
-    return max(ttft, tpot)
+    over = s.latency.missed(spec.ttft_slo_ms / 1e3 if spec.ttft_slo_ms is not None else None,
+                            spec.tpot_slo_ms / 1e3 if spec.tpot_slo_ms is not None else None)
+    return max(0, over - round(0.01 * s.latency.requests))
 
 
 def absorb(state: VgpuState, outcomes: Sequence[Outcome], now: float) -> VgpuState:
@@ -351,8 +349,8 @@ def absorb(state: VgpuState, outcomes: Sequence[Outcome], now: float) -> VgpuSta
             tenants[a.tenant] = prev
         if now in restarts:
             restarts.remove(now)
-    return replace(state, replan=ReplanState(tenants, tuple(restarts)), history=history,
-                   before={}, unavailable=frozenset(unavailable))
+    return replace(state, replan=ReplanState(tenants, tuple(restarts), state.replan.at),
+                   history=history, before={}, unavailable=frozenset(unavailable))
 
 
 def total_share_pct(state: VgpuState) -> int:

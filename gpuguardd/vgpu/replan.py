@@ -5,10 +5,12 @@ Control law per tenant i, placement fixed (the daemon never migrates here):
     required_i = S_i(level(co-runner activity now), demand now)       (allocator model)
     raise  when required_i > current_i                                 (SLO at risk: fast)
            and either the tenant is overloaded (predicted capacity < demand: its queue grows
-           without bound), or more of its requests have missed the SLO since the need arose
+           without bound), or more of its requests have missed the SLO while a raise was due
            than the raise's restart delays (restart_outage_s · demand: ski rental - a
            raise's own outage sends every request it delays over the SLO, so a tail that
-           misses the SLO less often than that waits), or its misses cannot be observed
+           misses the SLO less often than that waits), or its misses cannot be observed.
+           Misses count beyond the 1 % a p99 SLO allows, not within 2 restart outages of a
+           share change (its backlog), and halve every DAMAGE_HALF_LIFE_S
            to S_i(level, demand · (1 + demand_band)): a demand still rising would otherwise
            need another raise, i.e. another restart, within the band
     lower  when current_i - required_i ≥ lower_band_pct
@@ -33,6 +35,10 @@ from gpuguardd.vgpu import scalar
 from gpuguardd.vgpu.predictor import Predictor
 
 HOUR_S = 3600.0
+#: a tenant's count of missed requests halves over this time (as the ladder's, for victims)
+DAMAGE_HALF_LIFE_S = 3600.0
+#: misses within this many restart outages of a share change are its backlog, not evidence
+BACKLOG_OUTAGES = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +61,7 @@ class TenantState:
     activity_others: float  # co-runner activity when the share was last set
     changed_at: float | None = None
     restartable: bool = True
-    #: requests that missed an SLO since a raise became due (reset when none is)
+    #: requests that missed an SLO while a raise was due (decaying; reset by a raise)
     damage: float = 0.0
 
 
@@ -63,6 +69,7 @@ class TenantState:
 class ReplanState:
     tenants: Mapping[str, TenantState]
     restarts: tuple[float, ...] = ()  # times of recent share changes (restarts)
+    at: float | None = None  # when it was last planned (the misses' decay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +109,8 @@ def replan(
         gpu_act[ts.gpu] = gpu_act.get(ts.gpu, 0.0) + (obs.activity if obs else 0.0)
     wants: list[tuple[int, str, int, int, str]] = []  # (priority, name, target, required, why)
     notes: list[str] = []
-    damage: dict[str, float] = {}
+    dt = max(0.0, now - state.at) if state.at is not None else 0.0
+    damage = {n: ts.damage * 0.5 ** (dt / DAMAGE_HALF_LIFE_S) for n, ts in state.tenants.items()}
     for name in sorted(state.tenants):
         ts = state.tenants[name]
         spec = tenants.get(name)
@@ -122,10 +130,10 @@ def replan(
             required = 100
         why = (f"demand {ts.demand_rps:g}→{obs.demand_rps:g} rps, co-runner activity "
                f"{ts.activity_others:.2f}→{others:.2f}: required {required} %")
-        if required <= ts.share_pct:
-            damage[name] = 0.0
-        else:
-            damage[name] = ts.damage + (obs.missed or 0)
+        if required > ts.share_pct:
+            backlog = (ts.changed_at is not None
+                       and now - ts.changed_at < BACKLOG_OUTAGES * policy.restart_outage_s)
+            damage[name] += 0 if backlog else (obs.missed or 0)
             go, rental = _rental(spec, pred, params, ts.share_pct, lvl, obs, damage[name],
                                  policy)
             if not go:
@@ -148,8 +156,7 @@ def replan(
             wants.append((1, name, target, required,
                           f"lower {ts.share_pct}→{target} % (floor {floor} %): {why}"))
     actions: list[VgpuSet] = []
-    new_tenants = {n: replace(ts, damage=damage.get(n, ts.damage))
-                   for n, ts in state.tenants.items()}
+    new_tenants = {n: replace(ts, damage=damage[n]) for n, ts in state.tenants.items()}
     gpu_total: dict[int, int] = {}
     for ts in state.tenants.values():
         gpu_total[ts.gpu] = gpu_total.get(ts.gpu, 0) + ts.share_pct
@@ -183,7 +190,7 @@ def replan(
             activity_others=max(0.0, gpu_act[ts.gpu] - obs.activity), changed_at=now,
             damage=0.0,
         )
-    return ReplanResult(ReplanState(new_tenants, restarts), tuple(actions), tuple(notes))
+    return ReplanResult(ReplanState(new_tenants, restarts, now), tuple(actions), tuple(notes))
 
 
 def _rental(spec: scalar.TenantSpec, pred: Predictor, params: scalar.AllocParams,

@@ -11,7 +11,7 @@ The model is documented in :mod:`gpuguardd.vgpu.allocator`; the functions here f
 ``allocator._evaluate`` and ``allocator.build_profiles`` line by line (same formulas, same
 order of operations, the same coarse-then-fine share search and the same carry of the maximum
 along the co-runner levels). ``tests/vgpu/test_scalar.py`` checks that both give the same
-feasibility, batch and shares, and latencies within 1e-9 relative, over a grid of tenants,
+feasibility, batch and shares, and latencies within 1e-6 relative, over a grid of tenants,
 shares and levels. Two differences in method, not in value: the Erlang-B term uses the
 recursion B_k = a·B_{k-1} / (k + a·B_{k-1}) instead of Poisson pmf / cdf, and only the levels
 a query needs are searched.
