@@ -79,8 +79,8 @@ class Suspect:
     score: float
     #: the victim's p99/SLO this signal accounts for at its current value: the fitted line's
     #: slope x value, bounded by the tail's excess over its level while the signal was quiet;
-    #: None without a correlation. What cutting the signal would buy, to first order: the
-    #: ladder uses it to predict how deep a throttle must cut.
+    #: None without a correlation or without quiet ticks. What cutting the signal would buy,
+    #: to first order: the ladder uses it to predict how deep a throttle must cut.
     effect: float | None = None
     #: the signal at the last tick; ``value`` is what the victim's window saw
     now: float | None = None
@@ -402,12 +402,11 @@ def _effect(c: _Evidence, now_ratio: float | None) -> float | None:
 
     The fitted slope over-reads at an onset: a p99 jumps with the first bursts while the
     smoothed signal is still ramping up. The victim's tail over the ticks the signal was quiet
-    bounds it: removing the signal cannot take the tail below what it was without it.
+    bounds it: removing the signal cannot take the tail below what it was without it. A signal
+    never seen quiet has no such bound, and no effect is claimed for it.
     """
-    if c.explained is None:
-        return None
-    if now_ratio is None or c.quiet_ratio is None:
-        return c.explained
+    if c.explained is None or now_ratio is None or c.quiet_ratio is None:
+        return None  # no correlation, or never seen quiet: nothing bounds the fitted line
     return max(0.0, min(c.explained, now_ratio - c.quiet_ratio))
 
 

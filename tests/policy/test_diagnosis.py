@@ -158,7 +158,7 @@ def test_a_neighbour_that_just_went_quiet_still_explains_the_window_it_filled() 
     ("explained", "quiet", "now_ratio", "effect"),
     [
         (None, 0.7, 1.5, None),  # no correlation: no fitted effect
-        (0.6, None, 1.5, 0.6),  # never quiet: the fitted line alone
+        (0.6, None, 1.5, None),  # never quiet: nothing bounds the fitted line
         (1.6, 0.7, 1.5, 0.8),  # an onset's steep slope, bounded by the quiet level
         (0.5, 0.7, 1.5, 0.5),  # the line below that bound
         (0.5, 1.6, 1.5, 0.0),  # the tail was higher while it was quiet: no effect
