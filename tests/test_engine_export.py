@@ -149,3 +149,25 @@ def test_http_endpoint_is_read_only(tmp_path):
         assert e.value.code == 405
     finally:
         server.close()
+
+
+def test_the_decision_log_carries_the_whole_explanation(tmp_path):
+    """The action's reason is its summary; the log line also carries the decision's
+    explanation (tail, cause, evidence, lever) under ``why``."""
+    from structlog.testing import capture_logs
+
+    def explained(state, snap, cfg):
+        state, d = decide(state, snap, cfg)
+        return state, Decision(d.actions, tuple(
+            f"t1 ttft p99 30.0 ms > 15 ms for 1 windows; cause io (r=0.9 with t2); {r}"
+            for r in d.reasons))
+
+    host = FakeHost(ttft={"t1": [0.005] * 50 + [0.030] * 5})
+    engine = Engine(host, Executor(host, Journal(tmp_path, wall_clock_now=0)), CFG,
+                    Policy(lambda cfg: State(), explained, lambda s, o, now: s))
+    with capture_logs() as logs:
+        engine.tick(0.0)
+    (line,) = [e for e in logs if e["event"] == "decision"]
+    assert line["reason"] == "t1 slow" and line["result"] == "applied"
+    assert line["why"] == ("t1 ttft p99 30.0 ms > 15 ms for 1 windows; cause io (r=0.9 with t2); "
+                           "t1 slow")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -127,8 +127,9 @@ class Engine:
             actions, held = self.operator.screen(actions, now)
             outcomes += held
         outcomes += self.executor.apply(actions, now)
+        why = {id(a): r for a, r in zip(decision.actions, decision.reasons, strict=False)}
         for outcome in outcomes:
-            self._log_outcome(outcome)
+            self._log_outcome(outcome, why.get(id(outcome.action), ""))
         outcomes = carried + outcomes
         self.state = self.policy.absorb(self.state, outcomes, now)
         report = TickReport(now, snapshot, self.state, tuple(outcomes),
@@ -140,12 +141,16 @@ class Engine:
         return report
 
     @staticmethod
-    def _log_outcome(o: Outcome) -> None:
+    def _log_outcome(o: Outcome, why: str = "") -> None:
+        """``why``: the decision's whole explanation (tail, cause, evidence, lever), when the
+        action was decided this tick; ``reason``: the action's own summary."""
         a = o.action
-        fields: Mapping[str, Any] = {
+        fields: dict[str, Any] = {
             "action": a.kind, "target": getattr(a, "tenant", ""), "result": o.result.value,
             "reason": getattr(a, "reason", ""), "detail": o.detail,
         }
+        if why:
+            fields["why"] = why
         if o.result in (Result.FAILED, Result.UNAVAILABLE):
             log.warning("decision", **fields)
         elif o.result is not Result.UNCHANGED:
