@@ -46,7 +46,7 @@ def load_problem(
     path: Path, gpus_override: int | None, predictors_file: str | None
 ) -> tuple[allocator.Problem, dict[str, str]]:
     """Read and validate everything; raises ConfigError with key paths."""
-    from gpuguardd.vgpu import alloc_input, allocator, synthetic
+    from gpuguardd.vgpu import alloc_input, allocator, builtin
     from gpuguardd.vgpu.gpus import GPUS
     from gpuguardd.vgpu.predictor import PredictorError, predictors_from_json
 
@@ -108,7 +108,9 @@ def load_problem(
             if (label, spec.name) in preds:
                 source[f"{label}|{spec.name}"] = "fitted"
             else:
-                preds[(label, spec.name)] = synthetic.fitted_predictor(arch, spec)
+                # the shipped fit of a built-in model, else a fresh fit on the synthetic
+                # profile: either way the synthetic profile's predictor
+                preds[(label, spec.name)] = builtin.predictor(arch, spec)
                 source[f"{label}|{spec.name}"] = "synthetic"
     params = allocator.AllocParams(slo_window_s=inp.slo_window_s,
                                    slo_confidence=inp.slo_confidence)
