@@ -42,6 +42,33 @@ def _f(default: Any, doc: str, *, lo: float | None = None, hi: float | None = No
     return field(default=default, metadata=meta)
 
 
+def slo_window_field() -> Any:
+    """``slo_window_s`` of the vGPU planners (``[vgpu]`` and the ``allocate`` input)."""
+    return _f(3600.0, "the span over which a tenant's p99 is held to its SLO, seconds: shares "
+              "carry a margin for the sampling error of one such window's p99 (shorter: larger "
+              "margin)", lo=10.0, hi=30 * 86_400.0)
+
+
+def slo_confidence_field() -> Any:
+    return _f(0.99, "probability that one slo_window_s window's p99 meets the SLO",
+              lo=0.5, hi=0.9999)
+
+
+def check_model(p: str, model: str | None, model_config: str | None, prompt_tokens: int,
+                prompt_tokens_p99: int | None, errors: list[str]) -> None:
+    """A vGPU tenant names a built-in model or a config.json, and a sane prompt spread."""
+    from gpuguardd.model.llm import BUILTIN
+
+    if model_config is None:
+        if model is None:
+            errors.append(f"{p}: needs model (built-in) or model_config")
+        elif model not in BUILTIN:
+            errors.append(f"{p}.model: unknown built-in model {model!r}; known: "
+                          f"{', '.join(sorted(BUILTIN))} (or give model_config)")
+    if prompt_tokens_p99 is not None and prompt_tokens_p99 < prompt_tokens:
+        errors.append(f"{p}.prompt_tokens_p99: must be >= prompt_tokens ({prompt_tokens})")
+
+
 def _required(doc: str, *, lo: float | None = None, hi: float | None = None) -> Any:
     meta: dict[str, Any] = {"doc": doc, "required": True}
     if lo is not None:
@@ -272,12 +299,8 @@ class VgpuConfig:
         30.0, "what a share change's restart costs the tenant, seconds: a raise waits until "
         "more of its requests missed the SLO than this outage delays (ski rental), unless the "
         "tenant is overloaded", lo=0.0, hi=3600.0)
-    slo_window_s: float = _f(
-        3600.0, "the span over which a tenant's p99 is held to its SLO, seconds: shares carry a "
-        "margin for the sampling error of one such window's p99 (shorter: larger margin)",
-        lo=10.0, hi=30 * 86_400.0)
-    slo_confidence: float = _f(
-        0.99, "probability that one slo_window_s window's p99 meets the SLO", lo=0.5, hi=0.9999)
+    slo_window_s: float = slo_window_field()
+    slo_confidence: float = slo_confidence_field()
 
 
 @dataclass(frozen=True)
@@ -544,20 +567,11 @@ def _check_semantics(cfg: Config, errors: list[str]) -> None:
 
 
 def _check_vgpu_tenant(t: TenantConfig, p: str, errors: list[str]) -> None:
-    from gpuguardd.model.llm import BUILTIN
-
     v = t.vgpu
     assert v is not None
     if v.model_config is not None and not v.model_config.startswith("/"):
         errors.append(f"{p}.model_config: {v.model_config!r} must be an absolute path")
-    if v.model_config is None:
-        if v.model is None:
-            errors.append(f"{p}: needs model (built-in) or model_config")
-        elif v.model not in BUILTIN:
-            errors.append(f"{p}.model: unknown built-in model {v.model!r}; known: "
-                          f"{', '.join(sorted(BUILTIN))} (or give model_config)")
-    if v.prompt_tokens_p99 is not None and v.prompt_tokens_p99 < v.prompt_tokens:
-        errors.append(f"{p}.prompt_tokens_p99: must be >= prompt_tokens ({v.prompt_tokens})")
+    check_model(p, v.model, v.model_config, v.prompt_tokens, v.prompt_tokens_p99, errors)
     if t.slo.ttft_p99_ms is None and t.slo.tpot_p99_ms is None:
         errors.append(f"{p.rsplit('.', 1)[0]}.slo: a vGPU tenant needs ttft_p99_ms or "
                       "tpot_p99_ms")

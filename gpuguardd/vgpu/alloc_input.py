@@ -23,8 +23,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuguardd.config import TENANT_NAME, ConfigError, SloConfig, _build, _f, _required
-from gpuguardd.model.llm import BUILTIN
+from gpuguardd.config import (
+    TENANT_NAME,
+    ConfigError,
+    SloConfig,
+    _build,
+    _f,
+    _required,
+    check_model,
+    slo_confidence_field,
+    slo_window_field,
+)
 from gpuguardd.vgpu.gpus import GPUS
 
 
@@ -57,10 +66,8 @@ class AllocTenant:
 class AllocInput:
     gpu: tuple[GpuEntry, ...] = field(default=(), metadata={"doc": "GPUs ([[gpu]] tables)"})
     tenants: tuple[AllocTenant, ...] = field(default=(), metadata={"doc": "tenants"})
-    slo_window_s: float = _f(3600.0, "the span over which a p99 is held to its SLO, seconds",
-                             lo=10.0, hi=30 * 86_400.0)
-    slo_confidence: float = _f(0.99, "probability that one window's p99 meets the SLO",
-                               lo=0.5, hi=0.9999)
+    slo_window_s: float = slo_window_field()
+    slo_confidence: float = slo_confidence_field()
 
 
 def from_dict(data: Mapping[str, Any]) -> AllocInput:
@@ -91,13 +98,6 @@ def _semantics(inp: AllocInput, errors: list[str]) -> None:
         if t.name in seen:
             errors.append(f"{p}.name: duplicate tenant name {t.name!r}")
         seen.add(t.name)
-        if t.model_config is None:
-            if t.model is None:
-                errors.append(f"{p}: needs model (built-in) or model_config")
-            elif t.model not in BUILTIN:
-                errors.append(f"{p}.model: unknown built-in model {t.model!r}; known: "
-                              f"{', '.join(sorted(BUILTIN))} (or give model_config)")
-        if t.prompt_tokens_p99 is not None and t.prompt_tokens_p99 < t.prompt_tokens:
-            errors.append(f"{p}.prompt_tokens_p99: must be >= prompt_tokens ({t.prompt_tokens})")
+        check_model(p, t.model, t.model_config, t.prompt_tokens, t.prompt_tokens_p99, errors)
         if t.slo.ttft_p99_ms is None and t.slo.tpot_p99_ms is None:
             errors.append(f"{p}.slo: needs ttft_p99_ms or tpot_p99_ms")
